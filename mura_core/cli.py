@@ -1,0 +1,35 @@
+"""Command-line entry: each subcommand lives in its own module as `cli_main(argv) -> int`.
+
+Modules are imported lazily so that `index` never pays for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("mura_core.indexing", "count studies and images in a MURA folder or a manifest"),
+    "predict": ("mura_core.predict_cli", "score one study (one or more image files) and write heat maps"),
+    "evaluate": ("mura_core.evaluate", "score a data split and write metrics per body part"),
+    "train": ("mura_core.train", "train a model and write a checkpoint with its card"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m mura_core SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the subcommand's module; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.cli_main(rest) or 0)
