@@ -1,0 +1,105 @@
+"""Shared fixtures: generated images, DICOM files and data folders, plus the real data when present.
+
+Builders live in `tests/fixtures/build.py` (import them as `from fixtures.build import png_bytes`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.build import (
+    DEFAULT_MURA_STUDIES,
+    build_manifest_folder,
+    build_mura_tree,
+    dicom_bytes,
+    jpeg_bytes,
+    png_bytes,
+    pydicom_data_file,
+)
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+SHARED_DATA = TESTS_DIR.parents[1] / "shared" / "data" / "bone-fracture-xr"
+"""The real bone-fracture-xr data (CC BY 4.0), read in place, never copied."""
+
+REAL_CR_FILES = ("RG3_UNCR.dcm", "RG3_J2KR.dcm", "RG1_UNCR.dcm")
+"""Real computed-radiography DICOMs from the `pydicom-data` package (RG3 is an extremity)."""
+
+
+@pytest.fixture
+def png_factory():
+    """`png_factory(width, height, mode)` -> PNG bytes."""
+    return png_bytes
+
+
+@pytest.fixture
+def jpeg_factory():
+    """`jpeg_factory(width, height, mode)` -> JPEG bytes."""
+    return jpeg_bytes
+
+
+@pytest.fixture
+def dicom_factory():
+    """`dicom_factory(**options)` -> DICOM bytes (see fixtures.build.dicom_bytes)."""
+    return dicom_bytes
+
+
+@pytest.fixture
+def grey_png() -> bytes:
+    """A 32x24 8-bit grey ramp PNG."""
+    return png_bytes(32, 24)
+
+
+@pytest.fixture
+def mura_tree(tmp_path: Path) -> Path:
+    """A MURA-v1.1 folder with CSVs, stray files and two missing images (see DEFAULT_MURA_STUDIES)."""
+    return build_mura_tree(tmp_path)
+
+
+@pytest.fixture
+def mura_tree_no_csv(tmp_path: Path) -> Path:
+    """The same MURA-v1.1 folder without CSVs (read by walking the folders)."""
+    return build_mura_tree(tmp_path, with_csv=False)
+
+
+@pytest.fixture
+def mura_studies():
+    """The study specs the `mura_tree` fixtures were built from."""
+    return DEFAULT_MURA_STUDIES
+
+
+@pytest.fixture
+def manifest_folder(tmp_path: Path) -> Path:
+    """A folder with manifest.csv (4 images, 3 studies, boxes) and its images; returns the folder."""
+    build_manifest_folder(tmp_path / "manifest_data")
+    return tmp_path / "manifest_data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real bone-fracture-xr folder; skips when absent."""
+    if not (SHARED_DATA / "manifest.csv").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_radiographs(shared_data: Path) -> list[Path]:
+    """A few real radiograph JPEGs (one normal, two abnormal) from the shared data, read in place."""
+    import csv
+
+    with (shared_data / "manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    normal = [r for r in rows if r["label"] == "0"][:1]
+    abnormal = [r for r in rows if r["label"] == "1"][:2]
+    paths = [shared_data / r["image"] for r in normal + abnormal]
+    return [p for p in paths if p.is_file()] or pytest.skip("no real images on disk")
+
+
+@pytest.fixture(params=REAL_CR_FILES)
+def real_cr_dicom(request) -> Path:
+    """Each real CR DICOM available offline (skips those that are not)."""
+    path = pydicom_data_file(request.param)
+    if path is None:
+        pytest.skip(f"{request.param} not available from pydicom-data")
+    return path
