@@ -31,7 +31,9 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -50,6 +52,7 @@ __all__ = [
     "DecodeLimits",
     "decode_image",
     "decode_view",
+    "read_view_bytes",
     "decode_study",
     "sniff_format",
     "apply_window",
@@ -514,25 +517,45 @@ def decode_image(data: bytes, name: str, *, window: tuple[float, float] | None =
         raise DecodeError(name, f"could not decode {kind} ({type(error).__name__})") from None
 
 
-def decode_view(view: View, **kwargs: Any) -> DecodedImage:
-    """Decode one view of a study; a missing or unreadable file is a `DecodeError` too."""
-    limits: DecodeLimits = kwargs.get("limits", DecodeLimits())
-    if view.data is None and view.path is not None:
-        path = Path(view.path)
+def read_view_bytes(view: View, limits: DecodeLimits = DecodeLimits()) -> bytes:
+    """A view's bytes, read safely: only a regular file, at most `limits.max_bytes`; else `DecodeError`.
+
+    Devices (`/dev/zero`), pipes and folders are refused before any byte is read (a pipe would block
+    and a device never ends), and the read stops one byte past the cap, so a file that grows after
+    the size check cannot exhaust memory either. In-memory views (uploads) are returned as they are.
+    """
+    if view.data is not None or view.path is None:
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise DecodeError(view.name, "file not found") from None
+            return view.read_bytes()
         except OSError as error:
             raise DecodeError(view.name, f"unreadable file ({type(error).__name__})") from None
-        if size > limits.max_bytes:
-            raise DecodeError(view.name, f"file too large ({size:,} bytes; limit {limits.max_bytes:,})")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        data = view.read_bytes()
+        fd = os.open(Path(view.path), flags)  # non-blocking: opening a pipe must not wait for a writer
     except FileNotFoundError:
         raise DecodeError(view.name, "file not found") from None
     except OSError as error:
         raise DecodeError(view.name, f"unreadable file ({type(error).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError(view.name, "not a regular file (a folder, device or pipe)")
+        if info.st_size > limits.max_bytes:
+            raise DecodeError(view.name, f"file too large ({info.st_size:,} bytes; limit {limits.max_bytes:,})")
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(limits.max_bytes + 1)
+    except OSError as error:
+        raise DecodeError(view.name, f"unreadable file ({type(error).__name__})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limits.max_bytes:
+        raise DecodeError(view.name, f"file too large (over the limit of {limits.max_bytes:,} bytes)")
+    return data
+
+
+def decode_view(view: View, **kwargs: Any) -> DecodedImage:
+    """Decode one view of a study; a missing, unreadable or non-regular file is a `DecodeError` too."""
+    data = read_view_bytes(view, kwargs.get("limits", DecodeLimits()))
     return decode_image(data, view.name, **kwargs)
 
 

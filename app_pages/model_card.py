@@ -1,0 +1,20 @@
+"""Model card: architecture, data and licence, recipe, metrics, limits and intended use of the chosen model."""
+from __future__ import annotations
+
+import streamlit as st
+
+from mura_core import app_state
+from mura_core.viewer import DISCLAIMER
+
+st.title("Model card")
+model = app_state.selected_model()
+if model is None:
+    st.error(app_state.available_models().problem or "No model available.")
+    st.stop()
+try:
+    markdown = app_state.card_markdown(model)
+except Exception as exc:  # a message, never a traceback
+    st.error(f"The model card of {model!r} could not be read: {exc}")
+    st.stop()
+st.markdown(markdown)
+st.info(DISCLAIMER, icon=":material/info:")

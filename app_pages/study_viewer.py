@@ -1,0 +1,129 @@
+"""Study viewer: upload one study's views (or open one from the browser), score it, see where the model looked."""
+from __future__ import annotations
+
+import streamlit as st
+
+from mura_core import app_state
+from mura_core.studies import BodyPart
+from mura_core.viewer import (COLORMAPS, DISCLAIMER, SLOW_CAMS, TARGETS, decision_label, format_probability,
+                              meta_rows, results_table, study_summary, to_png_bytes, view_panels, with_body_part)
+
+st.title("Study viewer")
+
+# ---- sidebar controls --------------------------------------------------------------------------
+model = app_state.selected_model()
+methods, default_cam = app_state.cam_methods(model)
+app_state.drop_invalid_choice("viewer_cam", methods)
+with st.sidebar:
+    st.header("Explanation")
+    cam = st.selectbox("CAM method", methods, index=methods.index(default_cam) if default_cam in methods else 0,
+                       key="viewer_cam", format_func=lambda m: f"{m} (slow)" if m in SLOW_CAMS else m,
+                       help="How the heat map is computed. 'cam' needs no extra pass (the default where the "
+                            "model allows it); gradient methods add one backward pass; the slow ones run "
+                            "hundreds of forward passes per image.")
+    target = st.radio("Heat map shows", list(TARGETS), format_func=TARGETS.get, key="viewer_target",
+                      horizontal=True)
+    tta = st.checkbox("Test-time flip (average with the mirrored image)", key="viewer_tta")
+    st.header("Display")
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="viewer_alpha")
+    colormap = st.selectbox("Colour map", COLORMAPS, key="viewer_colormap")
+    zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, 1.0, 0.25, key="viewer_zoom")
+    st.header("Study")
+    part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
+                               format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
+                               help="Chooses the decision threshold. Automatic: the dataset's body part, "
+                                    "else the DICOM BodyPartExamined tag, else the default threshold.")
+    window = None
+    if st.checkbox("Set DICOM window/level", key="viewer_window_on",
+                   help="Overrides the window stored in DICOM files; PNG/JPEG are unaffected."):
+        start = app_state.dicom_window_default()
+        centre = st.number_input("Window centre (level)", value=start[0], step=50.0, key="viewer_wc")
+        width = st.number_input("Window width", value=start[1], min_value=1.0, step=50.0, key="viewer_ww")
+        window = (float(centre), float(width))
+
+# ---- the study ---------------------------------------------------------------------------------
+linked = app_state.linked_study()
+if linked.error:
+    st.error(linked.error)
+study = linked.study
+if study is not None:
+    st.info(f"Study **{study.study_id}** from the dataset browser "
+            f"({len(study.views)} view{'s' if len(study.views) != 1 else ''}; ground truth: "
+            f"{ {1: 'abnormal', 0: 'normal'}.get(study.label, 'unknown') }).")
+    back, close = st.columns([1, 2])
+    back.page_link("app_pages/dataset_browser.py", label="Back to the dataset browser", icon=":material/arrow_back:")
+    if close.button("Close this study and upload files instead", key="viewer_close"):
+        app_state.close_linked_study()
+        st.rerun()
+else:
+    uploads = st.file_uploader(
+        "Drop the views of ONE study (PNG, JPEG or DICOM; several files = several views)",
+        accept_multiple_files=True, key="viewer_upload",
+        help="Files stay in memory only; nothing is written to disk.")
+    if uploads:
+        study = app_state.study_from_files([(f.name, f.getvalue()) for f in uploads],
+                                           None if part_choice == "auto" else part_choice)
+if study is not None and part_choice != "auto":
+    study = with_body_part(study, part_choice)
+
+if study is None:
+    st.markdown("Upload the views of a study above, or open one from the **Dataset browser**.")
+    st.caption(DISCLAIMER)
+    st.stop()
+if model is None:
+    st.error(app_state.available_models().problem or "No model available; nothing can be scored.")
+    st.stop()
+
+try:
+    with st.spinner("Scoring the study…"):
+        result, cached = app_state.score_study(model, study, cam=cam, target=target, tta=tta, window=window)
+except Exception as exc:  # a message for the reader, never a traceback
+    st.error(f"The study could not be scored: {exc}")
+    st.stop()
+if window is None:
+    app_state.remember_dicom_window(result)
+
+# ---- study result ------------------------------------------------------------------------------
+st.subheader("Study result")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Study probability (abnormal)", format_probability(result.probability))
+c2.metric("Decision", decision_label(result))
+c3.metric("Threshold", format_probability(result.threshold))
+c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
+          help="From the data or the DICOM tag; choose it in the sidebar when the files do not say. "
+               "It picks the decision threshold.")
+st.markdown(study_summary(result))
+st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
+           f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
+           "A second-reader and teaching aid, not a diagnosis.")
+st.dataframe(results_table(result), hide_index=True, width="stretch")
+
+# ---- views -------------------------------------------------------------------------------------
+boxes_by_name = {v.name: v.boxes for v in study.views}
+for i, view in enumerate(result.views):
+    drives = " — drives the study" if i == result.driving_view else ""
+    st.markdown(f"#### View {i + 1}: {view.name}{drives}")
+    if view.error is not None or view.image is None:
+        st.error(f"**{view.name}** could not be read: {view.error or 'no image'}. "
+                 "The other views were scored without it.", icon=":material/broken_image:")
+        continue
+    boxes = boxes_by_name.get(view.name, ())
+    image, overlay = view_panels(view, app_state.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
+                                 boxes=boxes)
+    left, right, facts_col = st.columns([2, 2, 1])
+    left.image(to_png_bytes(image), width="stretch",
+               caption=f"{view.name} — image" + (" (magenta: ground-truth boxes)" if boxes else ""))
+    if overlay is not None:
+        right.image(to_png_bytes(overlay), width="stretch",
+                    caption=f"{view.name} — {cam} heat map, P(abnormal) {format_probability(view.probability)}")
+    else:
+        right.info("No heat map for this view.")
+    with facts_col:
+        st.metric("P(abnormal)", format_probability(view.probability))
+        if view.peak is not None:
+            st.caption(f"Heat-map peak at x={view.peak[0]:.2f}, y={view.peak[1]:.2f} of the image.")
+        facts = meta_rows(view.meta)
+        if facts:
+            with st.expander("Image details"):
+                st.markdown("\n".join(f"- {label}: {value}" for label, value in facts))
+                st.caption("Technical tags only; identifying DICOM tags are never read.")

@@ -1,0 +1,112 @@
+"""Validation: how far to trust the model, per body part — from its shipped evaluation or a run on your data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from mura_core import app_state
+from mura_core.viewer_browser import default_data_root
+from mura_core.viewer_validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, calibration_figure,
+                                         confusion_by_body_part, confusion_figure, describe_report,
+                                         find_reports, kappa_comparison, kappas_by_body_part, metrics_table,
+                                         pointing_game_rows, roc_figure, single_class_parts)
+
+st.title("Validation")
+model = app_state.selected_model()
+
+source = st.radio("Results from", ["shipped", "run"], horizontal=True, key="validation_source",
+                  format_func={"shipped": "Shipped evaluation reports",
+                               "run": "Run the model on a data folder"}.get)
+predictions, thresholds, title, report = [], {"default": 0.5}, "", {}
+if source == "shipped":
+    reports = find_reports()
+    if not reports:
+        st.info("No evaluation reports found (looked for report.json + predictions.csv under weights/ and "
+                "reports/). Run `python -m mura_core evaluate ...`, or choose 'Run the model on a data folder'.")
+        st.stop()
+    names = [r.name for r in reports]
+    index = names.index(model) if model in names else 0
+    ref = reports[st.selectbox("Report", range(len(reports)), index=index, format_func=lambda i: names[i],
+                               key="validation_report")]
+    try:
+        report, predictions = app_state.load_report_cached(str(ref.report))
+    except Exception as exc:
+        st.error(f"The report in {ref.folder} could not be read: {exc}")
+        st.stop()
+    thresholds = app_state.report_thresholds(report, ref.name)
+    title = f"{ref.name} — {describe_report(report)}"
+    if not predictions:
+        st.warning(f"{ref.folder} has no predictions.csv, so nothing can be recomputed.")
+        st.json(report, expanded=False)
+        st.stop()
+else:
+    if model is None:
+        st.error(app_state.available_models().problem or "No model available.")
+        st.stop()
+    default = default_data_root()
+    typed = st.text_input("Data folder or manifest.csv", value=str(default) if default else "",
+                          key="validation_path")
+    split = st.selectbox("Split", ["valid", "train", "all"], key="validation_split")
+    key = (model, str(Path(typed).expanduser().resolve()) if typed.strip() else "", split)
+    if st.button(f"Evaluate {model} on this data", key="validation_run", disabled=not typed.strip()):
+        bar = st.progress(0.0, text="Scoring…")
+        try:
+            app_state.run_evaluation(model, typed.strip(), None if split == "all" else split,
+                                     progress=lambda d, t: bar.progress(d / t, text=f"Scored {d}/{t} studies"))
+        except Exception as exc:
+            st.error(f"The evaluation could not run: {exc}")
+            st.stop()
+    predictions = app_state.evaluation_results(key)
+    if not predictions:
+        st.info("Press the button to score every study of the split (no heat maps; takes a while on a CPU).")
+        st.stop()
+    thresholds = app_state.model_thresholds(model)
+    title = f"{model} on {typed.strip()} ({split})"
+
+st.subheader(title)
+n_abnormal = sum(1 for p in predictions if p.label == 1)
+st.caption(f"{len(predictions)} studies, {n_abnormal} abnormal. Study probability = mean over its views.")
+
+# ---- operating point ---------------------------------------------------------------------------
+mode = st.radio("Threshold", ["card", "slider"], horizontal=True, key="validation_mode",
+                format_func={"card": "The model's thresholds (one per body part)",
+                             "slider": "One threshold for every body part"}.get)
+chosen: dict[str, float] | float = thresholds
+if mode == "slider":
+    chosen = st.slider("Threshold on P(abnormal)", 0.0, 1.0, float(thresholds.get("default", 0.5)), 0.01,
+                       key="validation_threshold",
+                       help="Moves the operating point; the matrices and table are recomputed from the "
+                            "saved predictions (the model is not re-run).")
+
+one_class = single_class_parts(predictions)
+if one_class:
+    st.info(f"In this data {', '.join(p.lower() for p in one_class)} studies are all of one class (for example, "
+            "normal studies that name no body part), so their AUC, kappa and one of sensitivity/specificity "
+            "are undefined (—). Judge those from the overall row.", icon=":material/info:")
+
+st.markdown("#### Confusion matrices per body part")
+st.plotly_chart(confusion_figure(confusion_by_body_part(predictions, chosen)), key="validation_confusion")
+
+st.markdown("#### Metrics with 95% bootstrap intervals")
+table = metrics_table(predictions, chosen)
+st.dataframe(table, hide_index=True, width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("#### ROC curves and operating points")
+    st.plotly_chart(roc_figure(predictions, chosen), key="validation_roc")
+with right:
+    st.markdown("#### Calibration (reliability curve)")
+    st.plotly_chart(calibration_figure(predictions), key="validation_calibration")
+    st.caption("Points on the diagonal mean a probability of 70% is abnormal 70% of the time.")
+
+if source == "shipped" and pointing_game_rows(report):
+    st.markdown("#### Where the model looked: pointing game")
+    st.dataframe(pointing_game_rows(report), hide_index=True, width="stretch")
+    st.caption("A hit when the heat map's maximum falls inside (or within a few pixels of) a ground-truth "
+               "finding box; compare with the baselines that always point at the image centre or at random.")
+
+st.markdown("#### Agreement with radiologists (Cohen's kappa)")
+st.dataframe(kappa_comparison(kappas_by_body_part(predictions, chosen)), hide_index=True, width="stretch")
+st.caption(f"{MURA_PAPER_SOURCE}. {SPLITS_DIFFER_NOTE}")

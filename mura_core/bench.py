@@ -1,0 +1,842 @@
+"""Benchmarks a user can trust: latency, throughput and memory, measured by running the code.
+
+``python -m mura_core.bench [--out bench.json]`` measures, prints a table and writes JSON:
+
+1. **cold start** (`cold_start_s`): a fresh ``python -c`` subprocess per model that imports
+   mura_core and loads the model, timed from outside (interpreter start included), so imports are
+   really cold.
+2. **one study** of 3 views (real radiographs from the shared data, read in place; generated images
+   when the data is absent): scores only, and scores plus one heat map per view for classic CAM,
+   Grad-CAM and HiResCAM, each with and without test-time flip. Every timing is the median of
+   `repeats` runs after one warm-up, and includes decoding the files (as the app does per request).
+   `study_latency_s` is the app's default heat map (`Predictor.default_cam`), no flip.
+3. **evaluate throughput** (`evaluate_images_per_s`) over the valid split (``--limit`` for quick runs),
+   through `mura_core.evaluate.evaluate_dataset` when it exists, else a batched scoring loop.
+4. **peak resident memory**: each scenario runs in its own subprocess that reports its own peak RSS
+   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). `peak_rss_mb` is "the running app with one model":
+   read right after that subprocess imported mura_core (no Streamlit), loaded one model and scored
+   and explained the study with the default heat map, before any other scenario ran.
+5. **the naive way** (`study_latency_naive_s`): what most demo apps do per request -- build the model
+   and load its weights, score the views one at a time, then compute each heat map with a second
+   forward (and a full backward) through pytorch-grad-cam's Grad-CAM. `naive_ratio` =
+   `study_latency_naive_s / study_latency_s`; `naive_ratio_same_method` compares with our Grad-CAM.
+
+Which model: ``--weights NAME`` (an indexed name or a checkpoint path); by default densenet169 if
+it is shipped (the latency targets are written for it), plus the app's default model. When no
+densenet169 weights are shipped, densenet169 is built with RANDOM weights (timings do not depend on
+the weight values; the JSON and table say so) -- or pick ``--arch NAME --random-weights``.
+
+The machine's load average (``os.getloadavg()``) is recorded before and after: on a shared machine
+the numbers are noisy, and should be re-run on a quiet one before they are quoted.
+
+Example:
+    $ python -m mura_core.bench --quick --out bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BenchConfig",
+    "REQUIRED_KEYS",
+    "Subject",
+    "TARGETS",
+    "bench_views",
+    "build_predictor",
+    "format_table",
+    "main",
+    "cli_main",
+    "measure_cold_start",
+    "measure_evaluate",
+    "measure_naive",
+    "measure_study",
+    "median_time",
+    "top_operators",
+    "peak_rss_mb",
+    "plan_subjects",
+    "run_bench",
+    "synthetic_radiograph",
+    "target_checks",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "bone-fracture-xr"
+"""The shared bone-fracture-xr data (CC BY 4.0), read in place."""
+
+TARGET_ARCH = "densenet169"
+STUDY_SIZE = 320
+"""Input size of the study scenarios for random-weight models (the MURA paper's 320 px)."""
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "study_latency_s": ("<", 1.0),
+    "naive_ratio": (">=", 3.0),
+    "peak_rss_mb": ("<", 1500.0),
+}
+"""Targets for densenet169 on the 2-core CPU machine: key -> (comparison, bound)."""
+
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "cold_start_s": float,
+    "study_latency_s": float,
+    "study_latency_naive_s": float,
+    "naive_ratio": float,
+    "evaluate_images_per_s": float,
+    "peak_rss_mb": float,
+    "device": str,
+    "load_average": list,
+}
+"""Top-level keys every bench JSON has, with their types."""
+
+HEATMAP_METHODS: tuple[str, ...] = ("cam", "gradcam", "hirescam")
+_RESULT_MARK = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subject:
+    """One model to measure: shipped weights (`weights`) or an architecture with random weights."""
+
+    label: str
+    weights: str | None = None
+    arch: str | None = None
+    image_size: int | None = None
+    """Input size override (random-weight models default to `STUDY_SIZE`; shipped ones use their card)."""
+
+    @property
+    def random(self) -> bool:
+        """True when the model has random weights (timing only, its scores mean nothing)."""
+        return self.weights is None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how often."""
+
+    weights: str | None = None
+    arch: str | None = None
+    random_weights: bool = False
+    repeats: int = 5
+    naive_repeats: int = 3
+    device: str = "cpu"
+    image_size: int | None = None
+    evaluate_limit: int | None = None
+    evaluate_batch: int = 16
+    data: str = str(DEFAULT_DATA)
+    isolate: bool = True
+    """Run each scenario in its own subprocess (true cold starts and per-scenario peak memory)."""
+    methods: tuple[str, ...] = HEATMAP_METHODS
+    threads: int | None = None
+    """torch.set_num_threads in the measuring processes (None: torch's default)."""
+    quick: bool = False
+    profile: bool = False
+    """Also record torch.profiler's top operators of one study request (default heat map)."""
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> "BenchConfig":
+        """Few repeats and a small evaluate run: minutes become seconds (used by the tests)."""
+        base = dict(repeats=2, naive_repeats=1, evaluate_limit=16, quick=True)
+        base.update(overrides)
+        return cls(**base)
+
+
+def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> list[Subject]:
+    """The models to measure, the one the targets are judged on first.
+
+    Args:
+        config: the bench configuration.
+        shipped: indexed weight names, the app default first (default: `checkpoints.list_weights()`).
+    """
+    if config.random_weights:
+        arch = config.arch or TARGET_ARCH
+        return [Subject(f"{arch} (RANDOM WEIGHTS)", arch=arch, image_size=config.image_size or STUDY_SIZE)]
+    if shipped is None:
+        from mura_core.checkpoints import list_weights
+
+        shipped = list_weights()
+    shipped = list(shipped)
+    app_default = shipped[0] if shipped else None
+    if config.weights is not None:
+        first = Subject(str(config.weights), weights=str(config.weights), image_size=config.image_size)
+    elif TARGET_ARCH in shipped:
+        first = Subject(TARGET_ARCH, weights=TARGET_ARCH, image_size=config.image_size)
+    else:
+        first = Subject(f"{TARGET_ARCH} (RANDOM WEIGHTS)", arch=TARGET_ARCH,
+                        image_size=config.image_size or STUDY_SIZE)
+    subjects = [first]
+    if app_default is not None and app_default != first.weights:
+        subjects.append(Subject(f"{app_default} (app default)", weights=app_default))
+    return subjects
+
+
+# --------------------------------------------------------------------------------------------------
+# small measuring helpers
+# --------------------------------------------------------------------------------------------------
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """(median seconds, every timed run) of `fn` after `warmup` untimed calls."""
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times)), times
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size of this process (or its waited-for children) in MiB."""
+    peak = resource.getrusage(who).ru_maxrss
+    scale = 1.0 if sys.platform == "darwin" else 1024.0  # macOS reports bytes, Linux KiB
+    return float(peak) * scale / (1024.0 * 1024.0)
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - platforms without it
+        return [0.0, 0.0, 0.0]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+# --------------------------------------------------------------------------------------------------
+# the study's views
+# --------------------------------------------------------------------------------------------------
+
+def synthetic_radiograph(seed: int, size: tuple[int, int] = (512, 420)) -> bytes:
+    """PNG bytes of a grey radiograph-like image (bright bone shapes on a dark, noisy background)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = rng.normal(30, 8, size=(h, w))
+    centre = (int(w * rng.uniform(0.35, 0.65)), int(h * 0.5))
+    cv2.ellipse(image, centre, (int(w * 0.12), int(h * 0.42)), float(rng.uniform(-15, 15)), 0, 360, 190, -1)
+    cv2.ellipse(image, centre, (int(w * 0.06), int(h * 0.38)), 0, 0, 360, 120, -1)
+    ok, png = cv2.imencode(".png", np.clip(image, 0, 255).astype(np.uint8))
+    if not ok:  # pragma: no cover - cv2 always encodes a uint8 image
+        raise RuntimeError("could not encode a synthetic image")
+    return png.tobytes()
+
+
+def bench_views(data: str | Path = DEFAULT_DATA, count: int = 3) -> tuple[list[Any], str]:
+    """`count` views from the data's valid split (files read in place), else generated images.
+
+    Returns (views, source) where source is ``"real"`` or ``"generated"``.
+    """
+    root = Path(data)
+    if root.is_dir():
+        try:
+            from mura_core.datasets import open_dataset
+
+            index = open_dataset(root, split="valid")
+            views = [v for s in index.studies for v in s.views if v.path is not None and Path(v.path).is_file()]
+            if len(views) >= count:
+                return views[:count], "real"
+        except (ValueError, OSError):
+            pass
+    return _generated_views(count), "generated"
+
+
+def _generated_views(count: int) -> list[Any]:
+    """`count` in-memory views of `synthetic_radiograph` images."""
+    from mura_core.studies import View
+
+    return [View(name=f"generated{i}.png", data=synthetic_radiograph(i)) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+
+def _random_loaded(arch: str, image_size: int) -> Any:
+    """A `LoadedModel` with random weights and a card saying so (timing only)."""
+    from mura_core.checkpoints import LoadedModel, ModelCard
+    from mura_core.models import create_model, get_arch
+
+    spec = get_arch(arch)
+    model = create_model(arch).eval()
+    card = ModelCard(name=f"{arch}-random", arch=arch, image_size=image_size, mean=spec.mean, std=spec.std,
+                     notes="RANDOM WEIGHTS: built by mura_core.bench for timing only")
+    return LoadedModel(model=model, card=card, sha256="", path=Path(f"<random {arch}>"))
+
+
+def build_predictor(subject: Subject, device: str = "cpu") -> Any:
+    """The app's `Predictor` for the subject (shipped weights, sha256-checked, or random weights)."""
+    from mura_core.predict import Predictor
+
+    if subject.random:
+        return Predictor(_random_loaded(str(subject.arch), subject.image_size or STUDY_SIZE), device=device)
+    predictor = Predictor.from_weights(subject.weights, device=device)
+    if subject.image_size:
+        for member in predictor.members:
+            member.config = replace(member.config, image_size=int(subject.image_size))
+    return predictor
+
+
+# --------------------------------------------------------------------------------------------------
+# scenario 1: cold start
+# --------------------------------------------------------------------------------------------------
+
+_COLD_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+from mura_core.predict import Predictor
+from mura_core.models import create_model
+t1 = time.perf_counter()
+spec = json.loads(sys.argv[1])
+if spec["weights"] is None:
+    create_model(spec["arch"]).eval()
+else:
+    Predictor.from_weights(spec["weights"], device=spec["device"])
+t2 = time.perf_counter()
+print("BENCH_RESULT " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
+      "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _parse_result(stdout: str) -> dict[str, Any]:
+    """The JSON a child printed after `_RESULT_MARK` (the last such line)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_RESULT_MARK):
+            return json.loads(line[len(_RESULT_MARK):])
+    raise RuntimeError(f"benchmark child printed no result; its output ended with: {stdout[-500:]!r}")
+
+
+def measure_cold_start(subject: Subject, device: str = "cpu", timeout: float = 600.0) -> dict[str, Any]:
+    """Wall time of a fresh interpreter importing mura_core and loading the subject's model.
+
+    Returns {"cold_start_s", "import_s", "load_s", "peak_rss_mb"}; the child's own split is
+    measured inside it (interpreter start-up is in `cold_start_s` only).
+    """
+    spec = json.dumps({"weights": subject.weights, "arch": subject.arch, "device": device})
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, spec], capture_output=True, text=True,
+                          env=_child_env(), cwd=str(REPO_ROOT), timeout=timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr[-1000:]}")
+    child = _parse_result(proc.stdout)
+    scale = 1.0 / (1024.0 * 1024.0) if sys.platform == "darwin" else 1.0 / 1024.0
+    return {"cold_start_s": wall, "import_s": child["import_s"], "load_s": child["load_s"],
+            "peak_rss_mb": child["peak_rss_kb"] * scale}
+
+
+# --------------------------------------------------------------------------------------------------
+# scenario 2: one study, the app's way
+# --------------------------------------------------------------------------------------------------
+
+def _stage_breakdown(predictor: Any, views: Sequence[Any], methods: Sequence[str],
+                     repeats: int) -> dict[str, float]:
+    """Median seconds of each stage of a study request (where the time goes): decoding, preprocessing,
+    the forward alone, the forward with each heat-map method, resizing the maps to the images."""
+    import torch
+
+    from mura_core.decode import decode_view
+
+    images = [decode_view(v).pixels for v in views]
+    batches = predictor.prepare(images)
+    member_maps: list[Any] = []
+    out = {
+        "decode_s": median_time(lambda: [decode_view(v) for v in views], repeats)[0],
+        "preprocess_s": median_time(lambda: predictor.prepare(images), repeats)[0],
+        "forward_s": median_time(lambda: predictor.run_batches(batches, cam=None), repeats)[0],
+    }
+    for method in methods:
+        out[f"forward_plus_{method}_s"] = median_time(
+            lambda: member_maps.__setitem__(slice(None), predictor.run_batches(batches, cam=method)[1]),
+            repeats)[0]
+    out["resize_to_original_s"] = median_time(
+        lambda: [predictor.combine_maps(member_maps, i, img.shape) for i, img in enumerate(images)], repeats)[0]
+    out["torch_threads"] = float(torch.get_num_threads())
+    return out
+
+
+def top_operators(fn: Callable[[], Any], count: int = 8) -> list[dict[str, Any]]:
+    """torch.profiler's `count` most expensive operators (self CPU time) over one call of `fn`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"op": e.key, "calls": int(e.count), "self_cpu_s": e.self_cpu_time_total / 1e6,
+             "share": e.self_cpu_time_total / total} for e in events[:count]]
+
+
+def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
+    """Median latency of one 3-view study per scenario, the app's peak memory and a stage breakdown.
+
+    The first thing measured is the app's path (load one model, score + default heat map); the
+    peak RSS read right after it is the "running app with one model" figure.
+    """
+    _set_threads(config.threads)
+    start = time.perf_counter()
+    predictor = build_predictor(subject, config.device)
+    load_s = time.perf_counter() - start
+    views, source = bench_views(config.data)
+    default = predictor.default_cam
+    run: Callable[..., Any] = predictor.predict_study
+    latency: dict[str, float] = {}
+    latency[f"{default}"] = median_time(lambda: run(views, cam=default), config.repeats)[0]
+    app_peak = peak_rss_mb()
+    latency["scores"] = median_time(lambda: run(views), config.repeats)[0]
+    latency["scores_tta"] = median_time(lambda: run(views, tta=True), config.repeats)[0]
+    methods = [m for m in config.methods if m in predictor.cam_methods()]
+    for method in methods:
+        if method != default:
+            latency[method] = median_time(lambda: run(views, cam=method), config.repeats)[0]
+        latency[f"{method}_tta"] = median_time(lambda: run(views, cam=method, tta=True), config.repeats)[0]
+    breakdown = _stage_breakdown(predictor, views, list(dict.fromkeys([default, *methods])), config.repeats)
+    member = predictor.members[0]
+    profile = top_operators(lambda: run(views, cam=default)) if config.profile else None
+    return {"profile_top_ops": profile,
+        "model": predictor.name, "arch": member.spec.name, "random_weights": subject.random,
+        "image_size": member.config.image_size, "views": len(views), "views_source": source,
+        "default_cam": default, "load_s": load_s, "study_latency_s": latency[default],
+        "latency_s": latency, "breakdown_s": breakdown, "peak_rss_mb": app_peak,
+        "peak_rss_all_scenarios_mb": peak_rss_mb(), "repeats": config.repeats,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# scenario 5: one study, the naive way
+# --------------------------------------------------------------------------------------------------
+
+def _naive_weights_file(subject: Subject, folder: Path) -> tuple[Path, str, Any]:
+    """(weights file, arch, preprocessing config) the naive request reloads every time."""
+    import torch
+
+    from mura_core.checkpoints import ModelCard, resolve_weights
+    from mura_core.preprocess import PreprocessConfig
+
+    if subject.random:
+        loaded = _random_loaded(str(subject.arch), subject.image_size or STUDY_SIZE)
+        path = folder / "random_state.pt"
+        torch.save(loaded.model.state_dict(), path)
+        card = loaded.card
+    else:
+        path, _ = resolve_weights(subject.weights)
+        card = ModelCard.from_dict(torch.load(path, map_location="cpu", weights_only=True)["card"])
+    size = int(subject.image_size or card.image_size)
+    return Path(path), card.arch, PreprocessConfig(size, tuple(card.mean), tuple(card.std))
+
+
+def _naive_request(path: Path, arch: str, config: Any, views: Sequence[Any], device: str) -> list[float]:
+    """One study the demo-app way: build + load the model, then per view a scoring forward and a
+    separate Grad-CAM (second forward with full autograd + backward); heat maps resized to the image."""
+    import cv2
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from mura_core.decode import decode_view
+    from mura_core.models import get_arch
+    from mura_core.preprocess import to_model_input
+
+    spec = get_arch(arch)
+    model = _naive_model(arch, path).to(device)
+    probabilities = []
+    for view in views:
+        pixels = decode_view(view).pixels
+        x = to_model_input(pixels, config).unsqueeze(0).to(device)
+        with torch.no_grad():
+            probabilities.append(float(torch.sigmoid(model(x))[0, 0]))
+        with GradCAM(model=model, target_layers=[spec.cam_target_layer(model)],
+                     reshape_transform=spec.reshape_transform) as cam:
+            heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
+        cv2.resize(heat, (pixels.shape[1], pixels.shape[0]))
+    return probabilities
+
+
+def measure_naive(subject: Subject, config: BenchConfig) -> dict[str, Any]:
+    """Median latency of the study scored the naive way (model rebuilt per request), and its parts."""
+    import torch
+
+    _set_threads(config.threads)
+    views, _ = bench_views(config.data)
+    with tempfile.TemporaryDirectory(prefix="mura-bench-") as folder:
+        path, arch, pre = _naive_weights_file(subject, Path(folder))
+        latency = median_time(lambda: _naive_request(path, arch, pre, views, config.device),
+                              config.naive_repeats)[0]
+
+        def build_only() -> None:
+            model = _naive_model(arch, path)
+            del model
+
+        build_s = median_time(build_only, config.naive_repeats, warmup=0)[0]
+    return {"study_latency_naive_s": latency, "naive_build_load_s": build_s,
+            "naive_repeats": config.naive_repeats, "peak_rss_mb": peak_rss_mb(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _naive_model(arch: str, path: Path) -> Any:
+    """Build the architecture and load a weights file, as a naive request does first."""
+    import torch
+
+    from mura_core.models import create_model
+
+    model = create_model(arch)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# scenario 3: evaluate throughput
+# --------------------------------------------------------------------------------------------------
+
+def _split_views(data: str | Path, limit: int | None) -> tuple[list[Any], str]:
+    """The valid split's views (up to `limit`), else generated ones (`limit` or 16 of them)."""
+    root = Path(data)
+    if root.is_dir():
+        try:
+            from mura_core.datasets import open_dataset
+
+            index = open_dataset(root, split="valid")
+            views = [v for s in index.studies for v in s.views]
+            if views:
+                return (views[:limit] if limit else views), "real"
+        except (ValueError, OSError):
+            pass
+    return _generated_views(limit or 16), "generated"
+
+
+def _scoring_loop(predictor: Any, views: Sequence[Any], batch: int) -> int:
+    """Decode and score `views` in batches with the app's predictor (no heat maps); images scored."""
+    from mura_core.decode import DecodeError, decode_view
+
+    done = 0
+    for start in range(0, len(views), batch):
+        images = []
+        for view in views[start:start + batch]:
+            try:
+                images.append(decode_view(view).pixels)
+            except DecodeError:
+                continue
+        predictor.predict_images(images)
+        done += len(images)
+    return done
+
+
+def _evaluate_split(predictor: Any, config: BenchConfig) -> dict[str, Any] | None:
+    """Time `mura_core.evaluate.evaluate_dataset` on the valid split, as the `evaluate` command runs it
+    (its default heat map for the pointing game, its default DataLoader workers, bootstrap intervals),
+    without writing files; None when the module or the data is missing."""
+    try:
+        from mura_core.evaluate import default_workers, evaluate_dataset
+    except ImportError:
+        return None
+    try:
+        from mura_core.datasets import detect_kind
+
+        detect_kind(config.data)
+    except (ValueError, OSError):
+        return None
+    start = time.perf_counter()
+    report = evaluate_dataset(config.data, split="valid", predictor=predictor, limit=config.evaluate_limit,
+                              progress=False)
+    seconds = time.perf_counter() - start
+    count = int(report.get("n_scored") or 0)
+    if count == 0:
+        return None
+    return {"evaluate_images_per_s": count / seconds, "evaluate_images": count, "evaluate_s": seconds,
+            "evaluate_workers": default_workers(), "evaluate_source": "mura_core.evaluate.evaluate_dataset "
+            "(valid split, default cam for the pointing game, default workers, no files written)"}
+
+
+def measure_evaluate(subject: Subject, config: BenchConfig) -> dict[str, Any]:
+    """Images per second evaluating the valid split (`evaluate_dataset`), after a one-batch warm-up.
+
+    Without the data (or the evaluate module) a batched scoring loop over generated images stands in,
+    and `evaluate_source` says so.
+    """
+    _set_threads(config.threads)
+    predictor = build_predictor(subject, config.device)
+    _scoring_loop(predictor, _generated_views(2), 2)  # warm-up
+    found = _evaluate_split(predictor, config)
+    if found is None:
+        views, source = _split_views(config.data, config.evaluate_limit)
+        start = time.perf_counter()
+        count = _scoring_loop(predictor, views, config.evaluate_batch)
+        seconds = time.perf_counter() - start
+        found = {"evaluate_images_per_s": count / seconds, "evaluate_images": count, "evaluate_s": seconds,
+                 "evaluate_workers": 0, "evaluate_source": f"stand-in: batched Predictor loop over {source} "
+                 f"images (batch {config.evaluate_batch}, decoding in-process)"}
+    found["peak_rss_mb"] = peak_rss_mb()
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# orchestration
+# --------------------------------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Callable[[Subject, BenchConfig], dict[str, Any]]] = {
+    "study": measure_study,
+    "naive": measure_naive,
+    "evaluate": measure_evaluate,
+}
+
+
+def _run_scenario(name: str, subject: Subject, config: BenchConfig) -> dict[str, Any]:
+    """One scenario, in its own subprocess when `config.isolate` (peak RSS is then its own)."""
+    if not config.isolate:
+        return SCENARIOS[name](subject, config)
+    payload = json.dumps({"subject": asdict(subject), "config": _config_dict(config)})
+    proc = subprocess.run([sys.executable, "-m", "mura_core.bench", "--worker", name, "--spec", payload],
+                          capture_output=True, text=True, env=_child_env(), cwd=str(REPO_ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench scenario {name!r} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return _parse_result(proc.stdout)
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["methods"] = list(config.methods)
+    return data
+
+
+def _config_from(data: dict[str, Any]) -> BenchConfig:
+    data = dict(data)
+    data["methods"] = tuple(data.get("methods", HEATMAP_METHODS))
+    return BenchConfig(**data)
+
+
+def measure_subject(subject: Subject, config: BenchConfig, *, evaluate: bool = True) -> dict[str, Any]:
+    """Every scenario for one model, merged into one flat dict."""
+    result: dict[str, Any] = {"label": subject.label, "weights": subject.weights, "random_weights": subject.random}
+    cold = measure_cold_start(subject, config.device)
+    result.update({"cold_start_s": cold["cold_start_s"], "cold_import_s": cold["import_s"],
+                   "cold_load_s": cold["load_s"], "cold_peak_rss_mb": cold["peak_rss_mb"]})
+    study = _run_scenario("study", subject, config)
+    result.update(study)
+    naive = _run_scenario("naive", subject, config)
+    result.update({k: v for k, v in naive.items() if k != "peak_rss_mb"})
+    result["naive_peak_rss_mb"] = naive["peak_rss_mb"]
+    result["naive_ratio"] = result["study_latency_naive_s"] / result["study_latency_s"]
+    if "gradcam" in result["latency_s"]:
+        result["naive_ratio_same_method"] = result["study_latency_naive_s"] / result["latency_s"]["gradcam"]
+    if evaluate:
+        ev = _run_scenario("evaluate", subject, config)
+        result.update({k: v for k, v in ev.items() if k != "peak_rss_mb"})
+        result["evaluate_peak_rss_mb"] = ev["peak_rss_mb"]
+    return result
+
+
+def target_checks(result: dict[str, Any]) -> dict[str, bool]:
+    """Which targets the result meets (key -> True/False), for the keys it has."""
+    checks = {}
+    for key, (op, bound) in TARGETS.items():
+        value = result.get(key)
+        if isinstance(value, (int, float)):
+            checks[key] = bool(value < bound) if op == "<" else bool(value >= bound)
+    return checks
+
+
+def _machine(config: BenchConfig) -> dict[str, Any]:
+    import torch
+
+    return {"device": config.device, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": config.threads or torch.get_num_threads(),
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                    if k in os.environ}}
+
+
+def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) -> dict[str, Any]:
+    """Measure every subject; the first one's numbers are also the top-level keys (`REQUIRED_KEYS`).
+
+    Evaluate throughput is measured for the first subject only (the others add their cold start,
+    study and naive numbers).
+    """
+    subjects = list(subjects) if subjects is not None else plan_subjects(config)
+    load_before = _load_average()
+    start = time.perf_counter()
+    results = [measure_subject(s, config, evaluate=(i == 0)) for i, s in enumerate(subjects)]
+    primary = results[0]
+    out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
+    out.update({
+        "model": primary["label"], "random_weights": primary["random_weights"],
+        "image_size": primary["image_size"], "default_cam": primary["default_cam"],
+        "device": config.device, "load_average_before": load_before, "load_average": _load_average(),
+        "machine": _machine(config), "targets_met": target_checks(primary),
+        "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()},
+        "cold_start_by_model_s": {r["label"]: r["cold_start_s"] for r in results},
+        "subjects": results, "quick": config.quick, "isolated": config.isolate,
+        "bench_seconds": time.perf_counter() - start,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}{unit}" if abs(value) < 100 else f"{value:.0f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of the measurements (one column per model) plus load average and targets."""
+    subjects = result["subjects"]
+    rows: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+        ("input size (px)", lambda r: r.get("image_size"), ""),
+        ("cold start: import + load (fresh process)", lambda r: r.get("cold_start_s"), " s"),
+        ("study, scores only", lambda r: r["latency_s"].get("scores"), " s"),
+        ("study, scores only + flip TTA", lambda r: r["latency_s"].get("scores_tta"), " s"),
+    ]
+    for method in HEATMAP_METHODS:
+        rows.append((f"study + {method} heat maps", lambda r, m=method: r["latency_s"].get(m), " s"))
+        rows.append((f"study + {method} + flip TTA", lambda r, m=method: r["latency_s"].get(f"{m}_tta"), " s"))
+    rows += [
+        ("**study_latency_s** (default heat map)", lambda r: r.get("study_latency_s"), " s"),
+        ("naive study (rebuild model, 2 passes/view)", lambda r: r.get("study_latency_naive_s"), " s"),
+        ("  of which model build + load", lambda r: r.get("naive_build_load_s"), " s"),
+        ("**naive_ratio** (naive / ours)", lambda r: r.get("naive_ratio"), "x"),
+        ("naive / ours with Grad-CAM", lambda r: r.get("naive_ratio_same_method"), "x"),
+        ("evaluate throughput", lambda r: r.get("evaluate_images_per_s"), " img/s"),
+        ("**peak RSS, app with one model**", lambda r: r.get("peak_rss_mb"), " MB"),
+        ("peak RSS, naive process", lambda r: r.get("naive_peak_rss_mb"), " MB"),
+        ("peak RSS, evaluate process", lambda r: r.get("evaluate_peak_rss_mb"), " MB"),
+    ]
+    head = "| measurement | " + " | ".join(r["label"] for r in subjects) + " |"
+    lines = [head, "|---|" + "---|" * len(subjects)]
+    for name, get, unit in rows:
+        cells = []
+        for r in subjects:
+            try:
+                value = get(r)
+            except KeyError:
+                value = None
+            cells.append("—" if value is None else _fmt(value, unit))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = subjects[0]
+    breakdown = ", ".join(f"{k} {_fmt(v)}" for k, v in first.get("breakdown_s", {}).items())
+    machine = result["machine"]
+    lines += [
+        "",
+        f"Device {result['device']}, {machine['cpu_count']} CPU cores, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), {machine['processor']}"
+        + (f", env {machine['env']}." if machine.get("env") else "."),
+        f"Load average (1, 5, 15 min) before {result['load_average_before']}, after {result['load_average']}"
+        " -- other jobs shared the CPU; treat as noisy." if max(result["load_average"] + result[
+            "load_average_before"]) > 0.5 * (machine["cpu_count"] or 1) else
+        f"Load average (1, 5, 15 min) before {result['load_average_before']}, after {result['load_average']}.",
+        f"Stage breakdown of one study ({first['label']}, median s): {breakdown}.",
+        "Targets (" + first["label"] + "): " + ", ".join(
+            f"{k} {result['targets'][k]}: {'met' if ok else 'NOT met'}" for k, ok in result["targets_met"].items()),
+    ]
+    if first.get("profile_top_ops"):
+        lines.append("Top operators of one study (torch.profiler, self CPU share): " + ", ".join(
+            f"{op['op']} {op['share']:.0%}" for op in first["profile_top_ops"]) + ".")
+    if first.get("random_weights"):
+        lines.append("NOTE: " + first["label"] + " has RANDOM weights (no trained weights shipped); "
+                     "timings are valid, its scores are meaningless.")
+    if result.get("quick"):
+        lines.append("NOTE: --quick run (few repeats, small evaluate limit): indicative only.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m mura_core.bench` argument parser."""
+    p = argparse.ArgumentParser(prog="python -m mura_core.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="write the JSON here (default: print the table only)")
+    p.add_argument("--weights", help="indexed weights name or checkpoint path (default: densenet169 if shipped)")
+    p.add_argument("--arch", help="architecture for --random-weights (default densenet169)")
+    p.add_argument("--random-weights", action="store_true", help="build --arch with random weights (timing only)")
+    p.add_argument("--repeats", type=int, help="timed runs per study scenario (median reported; default 5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--image-size", type=int, help="override the input size (default: card's, 320 for random)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N studies of the valid split (default: all)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="data folder (manifest or MURA)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads in the measuring processes")
+    p.add_argument("--profile", action="store_true", help="add torch.profiler's top operators of one study")
+    p.add_argument("--quick", action="store_true", help="few repeats, evaluate limit 16 (smoke runs, tests)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run scenarios in this process (faster; peak memory is then cumulative)")
+    p.add_argument("--worker", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """A `BenchConfig` from parsed arguments (--quick first, explicit options override it)."""
+    overrides: dict[str, Any] = {
+        "weights": args.weights, "arch": args.arch, "random_weights": args.random_weights,
+        "device": args.device, "image_size": args.image_size, "data": args.data,
+        "threads": args.threads, "isolate": not args.in_process, "profile": args.profile,
+    }
+    if args.repeats is not None:
+        overrides["repeats"] = args.repeats
+    if args.limit is not None:
+        overrides["evaluate_limit"] = args.limit
+    return BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+
+
+def _worker(name: str, spec: str) -> int:
+    """Child side of `_run_scenario`: run one scenario and print its JSON after the marker."""
+    payload = json.loads(spec)
+    result = SCENARIOS[name](Subject(**payload["subject"]), _config_from(payload["config"]))
+    print(_RESULT_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench; prints the table and writes the JSON to --out. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return _worker(args.worker, args.spec)
+    if args.arch and not args.random_weights:
+        print("--arch needs --random-weights (shipped weights are chosen with --weights)", file=sys.stderr)
+        return 2
+    result = run_bench(config_from_args(args))
+    print(format_table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+cli_main = main
+
+if __name__ == "__main__":
+    sys.exit(main())
