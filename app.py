@@ -3,9 +3,9 @@
 Declares the pages and the sidebar's model picker shared by all of them; every page only arranges
 widgets and calls `mura_core`.
 
-The page scripts live in `app_pages/`, not `pages/`: Streamlit still treats a folder named `pages/`
-next to the entry script as an old-style multipage app for the first session after a start that
-lands directly on a page URL (it runs that page without this script: no navigation, no model picker).
+The page scripts live in `pages/`. Streamlit treats that folder as an old-style multipage app for the
+first run after a server start that lands directly on a page URL; each page's `app_state.require_app_shell()`
+then reruns once, through this script.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from mura_core import app_state
 st.set_page_config(page_title="MURA viewer", page_icon=":material/radiology:", layout="wide")
 
 PAGES = [
-    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("app_pages/study_viewer.py", title="Study viewer", icon=":material/radiology:"),
-    st.Page("app_pages/dataset_browser.py", title="Dataset browser", icon=":material/photo_library:"),
-    st.Page("app_pages/validation.py", title="Validation", icon=":material/monitoring:"),
-    st.Page("app_pages/model_card.py", title="Model card", icon=":material/description:"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/study_viewer.py", title="Study viewer", icon=":material/radiology:"),
+    st.Page("pages/dataset_browser.py", title="Dataset browser", icon=":material/photo_library:"),
+    st.Page("pages/validation.py", title="Validation", icon=":material/monitoring:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
 
 navigation = st.navigation(PAGES)

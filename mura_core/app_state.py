@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from mura_core.studies import BodyPart, Study, View
 from mura_core.viewer import ResultCache, score_key
@@ -84,6 +86,24 @@ PERSISTENT_KEYS: tuple[str, ...] = (
     "validation_split",
 )
 """Widget values kept when the user visits another page and comes back (buttons and uploads excluded)."""
+
+
+def require_app_shell() -> None:
+    """Rerun through app.py when Streamlit ran this page script on its own.
+
+    With a `pages/` folder, Streamlit's legacy multipage mode runs a deep-linked page directly (no
+    navigation, no model picker) until app.py first calls `st.navigation`; its page list then holds app.py
+    itself, which `st.navigation` never registers. Switching the legacy mode off and rerunning sends this
+    run through app.py, onto the same page.
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    manager = ctx.pages_manager
+    main_script = Path(manager.main_script_path).resolve()
+    if any(Path(page["script_path"]).resolve() == main_script for page in manager.get_pages().values()):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def keep_widget_state(keys: tuple[str, ...] = PERSISTENT_KEYS) -> None:

@@ -51,11 +51,14 @@ from typing import Any
 
 __all__ = [
     "BenchConfig",
+    "HEATMAP_METHODS",
     "REQUIRED_KEYS",
     "Subject",
     "TARGETS",
     "bench_views",
+    "build_parser",
     "build_predictor",
+    "config_from_args",
     "format_table",
     "main",
     "cli_main",
@@ -63,6 +66,7 @@ __all__ = [
     "measure_evaluate",
     "measure_naive",
     "measure_study",
+    "measure_subject",
     "median_time",
     "top_operators",
     "peak_rss_mb",

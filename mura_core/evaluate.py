@@ -14,7 +14,8 @@ Works on a MURA folder or a manifest (`datasets.open_dataset`). Writes to ``--ou
 
 Decoding runs in a torch DataLoader (``--workers``; default 1 on a 2-core machine so one core decodes
 while the other runs the model). Images with boxes are scored in the same forward that makes their
-heat maps (first method); the other images are scored under inference mode. Study body parts come from
+heat maps (all fast methods share one forward: `Predictor.run_batches_many`); the other images are
+scored under inference mode. Study body parts come from
 the data (on the shared bone-fracture-xr data every normal image is UNKNOWN, so per-body-part AUC and
 specificity are None there: one class only).
 
@@ -329,7 +330,8 @@ def evaluate_dataset(
     from mura_core.checkpoints import utc_now
     from mura_core.datasets import open_dataset
     from mura_core.localization import (
-        DEFAULT_TOLERANCE_PX, centre_hit, covered_fraction, pointing_game_hit, pointing_game_summary,
+        DEFAULT_TOLERANCE_PX, REPORT_TOLERANCES_PX, centre_hit, covered_fraction, hit_rates_by_tolerance,
+        peak_distance, pointing_game_summary,
     )
     from mura_core.predict import Predictor
 
@@ -344,7 +346,7 @@ def evaluate_dataset(
     workers = default_workers() if workers is None else max(0, int(workers))
     loader = DataLoader(_ViewDataset([r.view for r in rows], configs), batch_size=max(1, int(batch_size)),
                         shuffle=False, num_workers=workers, collate_fn=_keep_list)
-    pg_hits: dict[str, list[bool | None]] = {m: [] for m in methods}
+    pg_dist: dict[str, list[float | None]] = {m: [] for m in methods}
     centre, chance = [], []
     bar = tqdm(total=len(rows), desc=f"evaluate {predictor.name}", unit="img", file=sys.stderr,
                disable=not progress)
@@ -362,16 +364,11 @@ def evaluate_dataset(
             for it, p in zip(plain, prob):
                 rows[it["index"]].probability = float(p)
         if boxed:
-            batches = _stack(boxed, configs)
-            if not methods:
-                prob, _ = predictor.run_batches(batches, tta=tta)
-            for k, method in enumerate(methods):
-                p_m, maps = predictor.run_batches(batches, cam=method, tta=tta)
-                if k == 0:
-                    prob = p_m
+            prob, maps = predictor.run_batches_many(_stack(boxed, configs), methods, tta=tta)
+            for method in methods:
                 for j, it in enumerate(boxed):
-                    heat = predictor.combine_maps(maps, j, it["shape"])
-                    pg_hits[method].append(pointing_game_hit(heat, rows[it["index"]].boxes, tolerance))
+                    heat = predictor.combine_maps(maps[method], j, it["shape"])
+                    pg_dist[method].append(peak_distance(heat, rows[it["index"]].boxes))
             for it, p in zip(boxed, prob):
                 row = rows[it["index"]]
                 row.probability = float(p)
@@ -407,8 +404,11 @@ def evaluate_dataset(
         "description": "hit when the heat-map maximum (target: abnormal) lies within tolerance_px "
                        "original-image pixels of a finding box; images with boxes only",
         "tolerance_px": tolerance,
-        "methods": {m: pointing_game_summary(pg_hits[m], centre_hits=centre, random_chance=chance,
-                                             tolerance=tolerance) for m in methods},
+        "methods": {m: pointing_game_summary([None if d is None else d <= tolerance + 1e-9 for d in pg_dist[m]],
+                                             centre_hits=centre, random_chance=chance, tolerance=tolerance)
+                    for m in methods},
+        "hit_rate_by_tolerance_px": {m: hit_rates_by_tolerance(pg_dist[m], sorted({*REPORT_TOLERANCES_PX, tolerance}))
+                                     for m in methods},
     } if any(r.boxes for r in rows) and methods else None
     report["device"] = str(predictor.device)
     report["seconds"] = round(time.perf_counter() - started, 2)

@@ -2,7 +2,7 @@
 
 One entry point, `explain_batch`, computes the logits AND the heat maps of a batch from the SAME
 forward pass (plus, for gradient methods, one backward pass that only runs from the logit back to the
-target layer). Methods (`CAM_METHODS`):
+target layer); `explain_many` gives several methods from that one pass. Methods (`CAM_METHODS`):
 
 - ``cam``: classic CAM (Zhou et al. 2016): the final Linear weights times the last feature maps.
   Forward only, so it is the cheapest; needs a "global average pool + one Linear" head
@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -57,6 +57,7 @@ __all__ = [
     "available_methods",
     "default_method",
     "explain_batch",
+    "explain_many",
     "heatmap_peak",
     "model_lock",
     "normalise_map",
@@ -269,30 +270,22 @@ def _as_maps(tensor: torch.Tensor, reshape: Callable[[torch.Tensor], torch.Tenso
     return tensor.detach().float().cpu().numpy()
 
 
-def _classic(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Classic CAM: one inference-mode forward; map = sum_c w_c * A_c (w negated for 'normal')."""
-    pieces = arch_spec.classic_cam(model)
-    if pieces is None:
-        raise ExplainError(f"classic CAM needs a global-pool + Linear head; {arch_spec.name} has none "
-                           "(use gradcam)")
-    layer, weight = pieces
-    capture = _Capture(with_grad=False)
-    with _hooked(layer, capture), torch.inference_mode():
-        logits = model(inputs)
-        weight = weight.detach().float().reshape(-1)
-    if capture.activation is None:
-        raise ExplainError(f"classic-CAM layer of {arch_spec.name} did not run in forward")
-    acts = capture.activation.float()
+def _classic_raw(acts: np.ndarray, weight: torch.Tensor, target: str) -> np.ndarray:
+    """Classic CAM from feature maps (N, C, h, w): sum_c w_c * A_c, weights negated for 'normal'."""
+    w = weight.detach().float().reshape(-1).cpu().numpy()
     sign = 1.0 if target == "abnormal" else -1.0
-    raw = torch.einsum("c,nchw->nhw", sign * weight.to(acts.device), acts).cpu().numpy()
-    return raw, logits
+    return np.einsum("c,nchw->nhw", sign * w, acts)
 
 
-def _gradient(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str,
-              target: str) -> tuple[np.ndarray, torch.Tensor]:
-    """Gradient methods and eigencam: one forward (graph only after the target layer), one short backward."""
-    layer = arch_spec.cam_target_layer(model)
-    needs_grad = method in GRADIENT_METHODS
+def _forward_capture(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, target: str, needs_grad: bool,
+                     reshape: Callable[[torch.Tensor], torch.Tensor] | None, name: str
+                     ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+    """One forward with `layer`'s output captured; with `needs_grad`, one backward from the target logit.
+
+    Without gradients the forward runs under inference mode. With them, the layers before `layer` run
+    without autograd and the graph starts at `layer`, so the backward only crosses the head.
+    Returns (activations (N, C, h, w), gradients or None, logits).
+    """
     capture = _Capture(with_grad=needs_grad)
     previous = torch.is_grad_enabled()
     try:
@@ -306,18 +299,18 @@ def _gradient(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: st
                     with torch.inference_mode():
                         logits = model(inputs)
             if capture.activation is None:
-                raise ExplainError(f"target layer of {arch_spec.name} did not run in forward")
+                raise ExplainError(f"the heat-map layer of {name} did not run in forward")
             grads = None
             if needs_grad:
                 score = logits[:, 0] if target == "abnormal" else -logits[:, 0]
                 (grad,) = torch.autograd.grad(score.sum(), capture.activation, allow_unused=True)
                 if grad is None:
                     grad = torch.zeros_like(capture.activation)
-                grads = _as_maps(grad, arch_spec.reshape_transform)
-            acts = _as_maps(capture.activation, arch_spec.reshape_transform)
+                grads = _as_maps(grad, reshape)
+            acts = _as_maps(capture.activation, reshape)
     finally:
         torch.set_grad_enabled(previous)
-    return _weighted_maps(method, acts, grads), logits.detach()
+    return acts, grads, logits.detach()
 
 
 def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str,
@@ -340,6 +333,67 @@ def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str
     return np.asarray(maps, dtype=np.float32), logits
 
 
+def _logits_np(logits: torch.Tensor) -> np.ndarray:
+    return logits.float().reshape(-1).cpu().numpy()
+
+
+def explain_many(
+    model: nn.Module,
+    arch_spec: Any,
+    inputs: torch.Tensor,
+    methods: Sequence[str],
+    target: str = "abnormal",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Several heat-map methods from ONE forward (and at most one short backward) where possible.
+
+    Every fast method is a formula over the same target-layer activations (and gradients), so a batch
+    explained by cam, gradcam, hirescam, gradcam++, xgradcam, layercam and eigencam costs one forward.
+    Classic CAM joins that pass when its feature layer is the target layer (all registered CNNs);
+    slow methods run on their own. The maps equal those of `explain_batch` per method.
+
+    Returns:
+        ({method: heatmaps float32 (N, S, S) in 0..1}, logits float32 (N,)).
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ExplainError("no heat-map method given")
+    for method in methods:
+        _check(method, target)
+        if method in ("cam", "ablationcam") and not supports_method(model, arch_spec, method):
+            raise ExplainError(f"{method} is not available for {arch_spec.name}"
+                               + (" (needs a global-pool + Linear head; use gradcam)" if method == "cam"
+                                  else " (token target layer)"))
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    out: dict[str, np.ndarray] = {}
+    logits: np.ndarray | None = None
+    with model_lock(model):
+        layer = arch_spec.cam_target_layer(model)
+        shared = [m for m in methods if m not in SLOW_METHODS]
+        if "cam" in shared:
+            feature_layer, weight = arch_spec.classic_cam(model)
+            if feature_layer is not layer or arch_spec.reshape_transform is not None:
+                acts, _, raw_logits = _forward_capture(model, feature_layer, inputs, target, False, None,
+                                                       arch_spec.name)
+                out["cam"] = _to_input_size(_classic_raw(acts, weight, target), size)
+                logits = _logits_np(raw_logits)
+                shared.remove("cam")
+        if shared:
+            needs_grad = any(m in GRADIENT_METHODS for m in shared)
+            acts, grads, raw_logits = _forward_capture(model, layer, inputs, target, needs_grad,
+                                                       arch_spec.reshape_transform, arch_spec.name)
+            logits = _logits_np(raw_logits)
+            for method in shared:
+                raw = (_classic_raw(acts, arch_spec.classic_cam(model)[1], target) if method == "cam"
+                       else _weighted_maps(method, acts, grads))
+                out[method] = _to_input_size(raw, size)
+        for method in (m for m in methods if m in SLOW_METHODS):
+            maps, raw_logits = _library(model, arch_spec, inputs, method, target)
+            out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
+            if logits is None:
+                logits = _logits_np(raw_logits)
+    return {m: out[m] for m in methods}, logits
+
+
 def explain_batch(
     model: nn.Module,
     arch_spec: Any,
@@ -348,6 +402,9 @@ def explain_batch(
     target: str = "abnormal",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps and logits of a batch from one forward pass.
+
+    ``cam`` and ``eigencam`` need only the forward (inference mode); gradient methods add one backward
+    from the logit to the target layer.
 
     Args:
         model: an eval-mode model whose forward returns (N, 1) logits, on the inputs' device.
@@ -359,21 +416,8 @@ def explain_batch(
     Returns:
         (heatmaps float32 (N, S, S) in 0..1, logits float32 (N,)).
     """
-    _check(method, target)
-    if method == "ablationcam" and not supports_method(model, arch_spec, method):
-        raise ExplainError(f"ablationcam is not available for {arch_spec.name} (token target layer)")
-    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-    with model_lock(model):
-        if method == "cam":
-            raw, logits = _classic(model, arch_spec, inputs, target)
-            maps = _to_input_size(raw, size)
-        elif method in SLOW_METHODS:
-            maps, logits = _library(model, arch_spec, inputs, method, target)
-            maps = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
-        else:
-            raw, logits = _gradient(model, arch_spec, inputs, method, target)
-            maps = _to_input_size(raw, size)
-    return maps, logits.float().reshape(-1).cpu().numpy()
+    maps, logits = explain_many(model, arch_spec, inputs, [method], target)
+    return maps[method], logits
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,9 +33,12 @@ from mura_core.explain import heatmap_peak
 
 __all__ = [
     "DEFAULT_TOLERANCE_PX",
+    "REPORT_TOLERANCES_PX",
     "box_distance",
     "centre_hit",
     "covered_fraction",
+    "hit_rates_by_tolerance",
+    "peak_distance",
     "pointing_game_hit",
     "pointing_game_summary",
     "wilson_interval",
@@ -43,6 +46,9 @@ __all__ = [
 
 DEFAULT_TOLERANCE_PX = 15.0
 """Tolerance in image pixels, as in Zhang et al. 2016."""
+
+REPORT_TOLERANCES_PX: tuple[float, ...] = (0.0, 15.0, 30.0, 60.0)
+"""Tolerances `evaluate` also reports hit rates at (a CNN's last map is coarse: one cell = 32 input px)."""
 
 Box = Sequence[float]
 
@@ -64,6 +70,24 @@ def box_distance(point_xy: tuple[float, float], box: Box, height: int, width: in
     return math.hypot(dx, dy)
 
 
+def peak_distance(heatmap: np.ndarray, boxes: Iterable[Box]) -> float | None:
+    """Pixels from the heat map's maximum to the nearest box: 0 inside, inf for a flat map, None without boxes.
+
+    Computing the distance once lets a report give hit rates at several tolerances cheaply.
+    """
+    boxes = [tuple(b) for b in boxes]
+    if not boxes:
+        return None
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.ndim != 2 or h.size == 0:
+        raise ValueError(f"pointing game needs a 2-D heat map, got shape {h.shape}")
+    if not np.isfinite(h).all() or float(h.max()) <= float(h.min()):
+        return math.inf  # flat map: it points nowhere
+    peak = heatmap_peak(h)
+    height, width = h.shape
+    return min(box_distance(peak, box, height, width) for box in boxes)
+
+
 def pointing_game_hit(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = DEFAULT_TOLERANCE_PX
                       ) -> bool | None:
     """True when the heat map's maximum lies within `tolerance` pixels of a box; None without boxes.
@@ -73,19 +97,17 @@ def pointing_game_hit(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: floa
         boxes: normalised (x0, y0, x1, y1) boxes.
         tolerance: allowed distance in heat-map pixels (>= 0).
     """
-    boxes = [tuple(b) for b in boxes]
-    if not boxes:
-        return None
     if tolerance < 0:
         raise ValueError("tolerance must be >= 0 pixels")
-    h = np.asarray(heatmap, dtype=np.float32)
-    if h.ndim != 2 or h.size == 0:
-        raise ValueError(f"pointing game needs a 2-D heat map, got shape {h.shape}")
-    if not np.isfinite(h).all() or float(h.max()) <= float(h.min()):
-        return False  # flat map: it points nowhere
-    peak = heatmap_peak(h)
-    height, width = h.shape
-    return any(box_distance(peak, box, height, width) <= tolerance + 1e-9 for box in boxes)
+    distance = peak_distance(heatmap, boxes)
+    return None if distance is None else bool(distance <= tolerance + 1e-9)
+
+
+def hit_rates_by_tolerance(distances: Sequence[float | None], tolerances: Iterable[float]) -> dict[str, float | None]:
+    """{"<t>": hit rate at tolerance t px} from `peak_distance` values (None = no boxes, skipped)."""
+    counted = [d for d in distances if d is not None]
+    return {f"{t:g}": (sum(d <= t + 1e-9 for d in counted) / len(counted) if counted else None)
+            for t in tolerances}
 
 
 def centre_hit(boxes: Iterable[Box], height: int, width: int, tolerance: float = DEFAULT_TOLERANCE_PX) -> bool:

@@ -301,7 +301,7 @@ def card_summary(card: Any) -> str:
     lines = [f"**{card.name}** — architecture `{card.arch}`, input {card.image_size} px."]
     data = getattr(card, "training_data", None)
     if data:
-        lines.append(f"Trained on: {data}.")
+        lines.append(f"Trained on: {str(data).rstrip('. ')}.")
     metrics = getattr(card, "metrics", None) or {}
     overall = metrics.get("overall", metrics) if isinstance(metrics, dict) else {}
     shown = []

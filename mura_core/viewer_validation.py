@@ -190,7 +190,8 @@ def metrics_table(predictions: Sequence[StudyPrediction], thresholds: Mapping[st
     """One row per body part plus "overall": n, threshold, and each metric with its 95% interval.
 
     Computed with SCORE's `metrics.grouped_metrics` (percentile bootstrap, seeded) so the numbers
-    equal the report's at the report's thresholds.
+    equal the report's at the report's thresholds. Kappa is shown undefined (—) for a body part whose
+    studies are all of one class.
     """
     rows = _scored(predictions)
     if not rows:
@@ -202,8 +203,11 @@ def metrics_table(predictions: Sequence[StudyPrediction], thresholds: Mapping[st
     )
     table = []
     order = _ordered_parts(list(grouped["by_body_part"])) + ["overall"]
+    one_class = set(single_class_parts(rows))
     for part in order:
-        m = grouped["overall"] if part == "overall" else grouped["by_body_part"][part]
+        m = dict(grouped["overall"] if part == "overall" else grouped["by_body_part"][part])
+        if part in one_class:  # agreement with a constant truth is not informative: show it as undefined
+            m["kappa"] = None
         row: dict[str, Any] = {"body part": part, "n": m["n"], "abnormal": m["n_abnormal"]}
         if part != "overall":
             row["threshold"] = round(m["threshold"], 3)

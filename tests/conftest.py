@@ -103,3 +103,22 @@ def real_cr_dicom(request) -> Path:
     if path is None:
         pytest.skip(f"{request.param} not available from pydicom-data")
     return path
+
+
+@pytest.fixture(autouse=True)
+def streamlit_navigation_steady_state(monkeypatch):
+    """Run AppTest as a live server runs after its first page load: `st.navigation`, not legacy `pages/` mode.
+
+    AppTest turns Streamlit's legacy `pages/` mode back on before every run; a server leaves it for good
+    once app.py has run. The first-visit case (legacy mode, then `app_state.require_app_shell`) is covered
+    by the browser tests, which open a page URL first on a fresh server.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original_init = PagesManager.__init__
+
+    def init_without_legacy_mode(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init_without_legacy_mode)

@@ -35,7 +35,7 @@ def test_home_explains_tool_model_and_device(app: AppTest):
 
 
 def test_validation_page_renders_matrices_and_moves_with_slider(app: AppTest):
-    at = app.switch_page("app_pages/validation.py").run()
+    at = app.switch_page("pages/validation.py").run()
     assert not at.exception, at.exception
     charts = at.get("plotly_chart")
     assert len(charts) == 3                                   # confusion, ROC, calibration
@@ -56,7 +56,7 @@ def test_validation_page_renders_matrices_and_moves_with_slider(app: AppTest):
 
 
 def test_model_card_page_renders_card(app: AppTest):
-    at = app.switch_page("app_pages/model_card.py").run()
+    at = app.switch_page("pages/model_card.py").run()
     assert not at.exception, at.exception
     text = " ".join(m.value for m in at.markdown)
     assert f"Model card: {TINY_NAME}" in text and "CC BY 4.0" in text and "Intended use" in text
@@ -65,7 +65,7 @@ def test_model_card_page_renders_card(app: AppTest):
 def test_browser_filters_and_opens_study_in_viewer(app: AppTest):
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip("real data not available")
-    at = app.switch_page("app_pages/dataset_browser.py").run()
+    at = app.switch_page("pages/dataset_browser.py").run()
     assert not at.exception, at.exception
     assert at.text_input(key="browser_path").value == str(SHARED_DATA.resolve())
     assert len(at.image) == 24                                 # one page of thumbnails
@@ -86,7 +86,7 @@ def test_browser_filters_and_opens_study_in_viewer(app: AppTest):
 def test_browser_page_number_follows_the_filter(app: AppTest):
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip("real data not available")
-    at = app.switch_page("app_pages/dataset_browser.py").run()
+    at = app.switch_page("pages/dataset_browser.py").run()
     at.number_input(key="browser_page").set_value(10).run()
     assert any("Page 10 of" in c.value for c in at.caption)
     at.multiselect(key="browser_parts").set_value(["WRIST"]).run()       # 65 studies: 3 pages
@@ -96,7 +96,7 @@ def test_browser_page_number_follows_the_filter(app: AppTest):
 
 
 def test_browser_refuses_unreadable_path(app: AppTest, tmp_path: Path):
-    at = app.switch_page("app_pages/dataset_browser.py").run()
+    at = app.switch_page("pages/dataset_browser.py").run()
     at.text_input(key="browser_path").set_value(str(tmp_path / "nowhere")).run()
     assert not at.exception, at.exception
     assert any("Cannot read" in e.value for e in at.error)
@@ -105,13 +105,13 @@ def test_browser_refuses_unreadable_path(app: AppTest, tmp_path: Path):
 def test_linked_study_outside_roots_is_refused(app: AppTest, tmp_path: Path):
     app.query_params["data"] = str(tmp_path)
     app.query_params["study"] = "g0001"
-    at = app.switch_page("app_pages/study_viewer.py").run()
+    at = app.switch_page("pages/study_viewer.py").run()
     assert not at.exception, at.exception
     assert any("not inside a configured data folder" in e.value for e in at.error)
 
 
 def test_browser_scores_filtered_studies_on_demand(app: AppTest, manifest_folder: Path):
-    at = app.switch_page("app_pages/dataset_browser.py").run()
+    at = app.switch_page("pages/dataset_browser.py").run()
     at.text_input(key="browser_path").set_value(str(manifest_folder)).run()
     assert not at.exception, at.exception
     assert any(m.value.startswith("**3** studies") for m in at.markdown)
@@ -126,7 +126,7 @@ def test_browser_scores_filtered_studies_on_demand(app: AppTest, manifest_folder
 
 
 def test_validation_runs_model_on_a_data_folder(app: AppTest, manifest_folder: Path):
-    at = app.switch_page("app_pages/validation.py").run()
+    at = app.switch_page("pages/validation.py").run()
     at.radio(key="validation_source").set_value("run").run()
     at.text_input(key="validation_path").set_value(str(manifest_folder)).run()
     at.selectbox(key="validation_split").set_value("all").run()
@@ -139,13 +139,13 @@ def test_validation_runs_model_on_a_data_folder(app: AppTest, manifest_folder: P
 
 
 def test_settings_survive_a_visit_to_another_page(app: AppTest):
-    at = app.switch_page("app_pages/study_viewer.py").run()
+    at = app.switch_page("pages/study_viewer.py").run()
     at.slider(key="viewer_alpha").set_value(0.75).run()
-    at.switch_page("app_pages/dataset_browser.py").run()
+    at.switch_page("pages/dataset_browser.py").run()
     at.selectbox(key="browser_label").set_value("normal").run()
-    at.switch_page("app_pages/home.py").run()
-    at.switch_page("app_pages/study_viewer.py").run()
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/study_viewer.py").run()
     assert at.slider(key="viewer_alpha").value == 0.75
-    at.switch_page("app_pages/dataset_browser.py").run()
+    at.switch_page("pages/dataset_browser.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="browser_label").value == "normal"

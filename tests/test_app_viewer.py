@@ -20,7 +20,7 @@ def weights(tmp_path_factory) -> Path:
 def viewer(weights: Path, monkeypatch) -> AppTest:
     monkeypatch.setenv("MURA_WEIGHTS_DIR", str(weights))
     at = AppTest.from_file(APP, default_timeout=120).run()
-    at.switch_page("app_pages/study_viewer.py").run()
+    at.switch_page("pages/study_viewer.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -112,7 +112,7 @@ def test_no_weights_says_so(tmp_path: Path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, at.exception
     assert any("No trained weights" in e.value for e in at.error)
-    at.switch_page("app_pages/study_viewer.py").run()
+    at.switch_page("pages/study_viewer.py").run()
     assert not at.exception
     at.file_uploader(key="viewer_upload").set_value([("x.png", b"junk", "image/png")])
     at.run()

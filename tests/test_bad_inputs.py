@@ -25,8 +25,8 @@ from fixtures_harden import Case, bad_input_corpus, good_png, tiny_weights_dir, 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = str(REPO_ROOT / "app.py")
-VIEWER_PAGE = next((p for p in ("app_pages/study_viewer.py", "pages/study_viewer.py") if (REPO_ROOT / p).is_file()),
-                   "app_pages/study_viewer.py")
+VIEWER_PAGE = next((p for p in ("pages/study_viewer.py",) if (REPO_ROOT / p).is_file()),
+                   "pages/study_viewer.py")
 CORPUS = bad_input_corpus()
 BAD = [c for c in CORPUS if not c.scored]
 VALID = [c for c in CORPUS if c.scored]

@@ -62,6 +62,9 @@ def test_report_json_contents(report):
     assert set(pg["methods"]) == {"cam", "hirescam"} and pg["tolerance_px"] == 15.0
     assert pg["methods"]["cam"]["n"] == 3  # the 3 readable abnormal images with boxes
     assert 0 <= pg["methods"]["cam"]["hit_rate"] <= 1
+    by_tol = pg["hit_rate_by_tolerance_px"]["cam"]
+    assert set(by_tol) == {"0", "15", "30", "60"} and by_tol["15"] == pg["methods"]["cam"]["hit_rate"]
+    assert by_tol["0"] <= by_tol["15"] <= by_tol["60"]
 
 
 def test_predictions_csv(report):

@@ -351,3 +351,26 @@ def test_every_registered_arch_explains(arch):
         assert 0 <= maps.min() and maps.max() <= 1
         np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
     assert _hooks(model) == 0
+
+
+def test_explain_many_equals_one_by_one(trained_toy):
+    gen = torch.Generator().manual_seed(11)
+    x, _, _ = _square_batch(3, gen)
+    methods = ["cam", "gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam"]
+    together, logits = E.explain_many(trained_toy, TOY_SPEC, x, methods)
+    assert list(together) == methods
+    for method in methods:
+        alone, alone_logits = E.explain_batch(trained_toy, TOY_SPEC, x, method)
+        np.testing.assert_allclose(together[method], alone, atol=1e-5, err_msg=method)
+        np.testing.assert_allclose(logits, alone_logits, atol=1e-5)
+    assert _hooks(trained_toy) == 0
+
+
+def test_explain_many_counts_one_forward(trained_toy):
+    calls = []
+    handle = trained_toy.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        E.explain_many(trained_toy, TOY_SPEC, torch.randn(2, 3, 32, 32), ["cam", "gradcam", "layercam", "eigencam"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1

@@ -68,3 +68,15 @@ def test_summary():
     assert s["tolerance_px"] == 15.0
     empty = pointing_game_summary([None])
     assert empty["hit_rate"] is None and empty["ci95"] is None
+
+
+def test_peak_distance_and_rates_by_tolerance():
+    from mura_core.localization import hit_rates_by_tolerance, peak_distance
+
+    heat = _peak_map(100, 200, 10, 10)
+    d = peak_distance(heat, [(0.2, 0.2, 0.4, 0.4)])
+    assert d == pytest.approx(np.hypot(29.5, 9.5))
+    assert peak_distance(heat, []) is None
+    assert peak_distance(np.zeros((5, 5)), [(0, 0, 1, 1)]) == float("inf")
+    rates = hit_rates_by_tolerance([0.0, 10.0, None, float("inf"), 40.0], [0, 15, 60])
+    assert rates == {"0": 0.25, "15": 0.5, "60": 0.75}

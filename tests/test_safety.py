@@ -33,9 +33,9 @@ APP = str(REPO_ROOT / "app.py")
 
 
 def _page(name: str) -> str:
-    """The app's page script path (APP moved pages/ to app_pages/ once; accept either)."""
-    return next((f"{d}/{name}" for d in ("app_pages", "pages") if (REPO_ROOT / d / name).is_file()),
-                f"app_pages/{name}")
+    """The app's page script path."""
+    return next((f"{d}/{name}" for d in ("pages",) if (REPO_ROOT / d / name).is_file()),
+                f"pages/{name}")
 
 
 @pytest.fixture(autouse=True)

@@ -59,6 +59,8 @@ def test_single_class_parts():
     assert single_class_parts(PREDS) == []
     kappas = kappas_by_body_part(preds, 0.5)
     assert kappas["FINGER"] is None and kappas["ELBOW"] == pytest.approx(1.0)
+    rows = {r["body part"]: r for r in metrics_table(preds, 0.5, n_bootstrap=0)}
+    assert rows["FINGER"]["kappa"] == "—" and rows["ELBOW"]["kappa"] == "1.000"
 
 
 def test_paper_kappas_are_plausible():

@@ -53,10 +53,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 @pytest.fixture(scope="session")
 def e2e_weights(tmp_path_factory) -> Path:
-    """The shipped weights folder when it has weights and an evaluate report (the real product),
-    else a tiny random-weight checkpoint with a synthetic report (always available)."""
+    """MURA_WEIGHTS_DIR when set; else the shipped weights folder when it has weights and an evaluate
+    report (the real product); else a tiny random-weight checkpoint with a synthetic report."""
     from mura_core.viewer_validation import find_reports
 
+    if os.environ.get("MURA_WEIGHTS_DIR"):
+        return Path(os.environ["MURA_WEIGHTS_DIR"])
     shipped = REPO_ROOT / "weights"
     if (shipped / "index.json").is_file() and find_reports([shipped]):
         return shipped

@@ -34,19 +34,13 @@ def _wait_settled(page) -> None:
     page.wait_for_timeout(300)
 
 
-def test_home_page(page, app_url, shot):
-    page.goto(app_url)
-    page.get_by_role("heading", name="Bone X-ray abnormality viewer").wait_for(timeout=LONG)
-    page.get_by_text("not a diagnostic device").first.wait_for()
-    page.get_by_text("Models run on").wait_for(timeout=LONG)
-    _wait_settled(page)
-    shot(page, "01_home")
-
-
 def test_upload_study_switch_cam_and_validation(page, app_url, shot, tmp_path):
     files = _study_files(tmp_path)
-    page.goto(f"{app_url}/study_viewer")
+    page.goto(f"{app_url}/study_viewer")   # the fresh server's first visit lands on a page URL
     page.get_by_role("heading", name="Study viewer").wait_for(timeout=LONG)
+    # app.py ran (not Streamlit's legacy pages/ mode): its sidebar caption and model picker are there
+    page.get_by_text("not a diagnostic device").first.wait_for(timeout=LONG)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Model", exact=True).first.wait_for(timeout=LONG)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a real image" * 8)
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(p) for p in files]
@@ -103,3 +97,12 @@ def test_dataset_browser_opens_a_study(page, app_url, shot):
     page.get_by_text("from the dataset browser").wait_for(timeout=LONG)
     _wait_settled(page)
     shot(page, "06_viewer_from_browser")
+
+
+def test_home_page(page, app_url, shot):
+    page.goto(app_url)
+    page.get_by_role("heading", name="Bone X-ray abnormality viewer").wait_for(timeout=LONG)
+    page.get_by_text("not a diagnostic device").first.wait_for()
+    page.get_by_text("Models run on").wait_for(timeout=LONG)
+    _wait_settled(page)
+    shot(page, "01_home")

@@ -6,6 +6,8 @@ import streamlit as st
 from mura_core import app_state
 from mura_core.viewer import DISCLAIMER
 
+app_state.require_app_shell()
+
 st.title("Model card")
 model = app_state.selected_model()
 if model is None:

@@ -6,6 +6,8 @@ import streamlit as st
 from mura_core import app_state
 from mura_core.viewer import DISCLAIMER, card_summary
 
+app_state.require_app_shell()
+
 st.title("Bone X-ray abnormality viewer")
 st.markdown(
     "Scores upper-extremity radiograph studies (elbow, finger, forearm, hand, humerus, shoulder, "
@@ -32,11 +34,11 @@ with right:
                "by image hash, so re-opening a study is instant.")
 
 st.subheader("Where to go")
-st.page_link("app_pages/study_viewer.py", label="Study viewer — upload PNG, JPEG or DICOM views and score them",
+st.page_link("pages/study_viewer.py", label="Study viewer — upload PNG, JPEG or DICOM views and score them",
              icon=":material/radiology:")
-st.page_link("app_pages/dataset_browser.py", label="Dataset browser — browse a MURA folder or manifest, find "
+st.page_link("pages/dataset_browser.py", label="Dataset browser — browse a MURA folder or manifest, find "
              "false negatives and false positives", icon=":material/photo_library:")
-st.page_link("app_pages/validation.py", label="Validation — how far to trust the model, per body part",
+st.page_link("pages/validation.py", label="Validation — how far to trust the model, per body part",
              icon=":material/monitoring:")
-st.page_link("app_pages/model_card.py", label="Model card — architecture, data, recipe, limits",
+st.page_link("pages/model_card.py", label="Model card — architecture, data, recipe, limits",
              icon=":material/description:")

@@ -8,6 +8,8 @@ from mura_core.studies import BodyPart
 from mura_core.viewer import (COLORMAPS, DISCLAIMER, SLOW_CAMS, TARGETS, decision_label, format_probability,
                               meta_rows, results_table, study_summary, to_png_bytes, view_panels, with_body_part)
 
+app_state.require_app_shell()
+
 st.title("Study viewer")
 
 # ---- sidebar controls --------------------------------------------------------------------------
@@ -51,7 +53,7 @@ if study is not None:
             f"({len(study.views)} view{'s' if len(study.views) != 1 else ''}; ground truth: "
             f"{ {1: 'abnormal', 0: 'normal'}.get(study.label, 'unknown') }).")
     back, close = st.columns([1, 2])
-    back.page_link("app_pages/dataset_browser.py", label="Back to the dataset browser", icon=":material/arrow_back:")
+    back.page_link("pages/dataset_browser.py", label="Back to the dataset browser", icon=":material/arrow_back:")
     if close.button("Close this study and upload files instead", key="viewer_close"):
         app_state.close_linked_study()
         st.rerun()
@@ -110,6 +112,7 @@ for i, view in enumerate(result.views):
     boxes = boxes_by_name.get(view.name, ())
     image, overlay = view_panels(view, app_state.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
                                  boxes=boxes)
+
     left, right, facts_col = st.columns([2, 2, 1])
     left.image(to_png_bytes(image), width="stretch",
                caption=f"{view.name} — image" + (" (magenta: ground-truth boxes)" if boxes else ""))

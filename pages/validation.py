@@ -12,6 +12,8 @@ from mura_core.viewer_validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, 
                                          find_reports, kappa_comparison, kappas_by_body_part, metrics_table,
                                          pointing_game_rows, roc_figure, single_class_parts)
 
+app_state.require_app_shell()
+
 st.title("Validation")
 model = app_state.selected_model()
 
@@ -35,7 +37,8 @@ if source == "shipped":
         st.error(f"The report in {ref.folder} could not be read: {exc}")
         st.stop()
     thresholds = app_state.report_thresholds(report, ref.name)
-    title = f"{ref.name} — {describe_report(report)}"
+    title = ref.name
+    st.caption(describe_report(report))
     if not predictions:
         st.warning(f"{ref.folder} has no predictions.csv, so nothing can be recomputed.")
         st.json(report, expanded=False)
@@ -54,6 +57,7 @@ else:
         try:
             app_state.run_evaluation(model, typed.strip(), None if split == "all" else split,
                                      progress=lambda d, t: bar.progress(d / t, text=f"Scored {d}/{t} studies"))
+
         except Exception as exc:
             st.error(f"The evaluation could not run: {exc}")
             st.stop()

@@ -9,6 +9,8 @@ from mura_core import app_state
 from mura_core.viewer_browser import (PAGE_SIZE, PREDICTION_FILTERS, body_part_options, default_data_root,
                                       filter_studies, page_slice, split_options, study_caption)
 
+app_state.require_app_shell()
+
 st.title("Dataset browser")
 st.caption("Reads images only inside the data folders you configure (the default folder, MURA_DATA, and the "
            "path typed here); nothing is copied or written.")
@@ -58,6 +60,7 @@ if model is not None and missing and prediction != "all":
         app_state.score_for_browser(model, data, missing, root,
                                     progress=lambda done, total: bar.progress(done / total,
                                                                               text=f"Scored {done}/{total}"))
+
         st.rerun()
 shown = filter_studies(base, prediction=prediction, probabilities=probabilities,
                        thresholds=app_state.model_thresholds(model)) if prediction != "all" else base
@@ -80,5 +83,5 @@ for start in range(0, len(items), 6):
                 st.error(f"{study.views[0].name}: unreadable or outside the data folder")
             st.caption(f"`{study.study_id}`  \n{study_caption(study, probabilities.get(study.study_id))}")
             if st.button("Open", key=f"open_{study.study_id}", width="stretch"):
-                st.switch_page("app_pages/study_viewer.py", query_params={"data": data, "study": study.study_id})
+                st.switch_page("pages/study_viewer.py", query_params={"data": data, "study": study.study_id})
 st.caption(f"Page {int(page)} of {n_pages}; {PAGE_SIZE} studies per page. Magenta boxes: ground-truth findings.")
