@@ -21,6 +21,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from mura_core.decode import DecodeError, read_view_bytes
 from mura_core.studies import BodyPart, Study, View
 from mura_core.viewer import ResultCache, score_key
 from mura_core.viewer_browser import (StudyPrediction, configured_roots, default_data_root, find_study,
@@ -234,8 +235,8 @@ def _with_bytes(study: Study) -> tuple[Study, list[bytes | None]]:
     views, datas = [], []
     for view in study.views:
         try:
-            data = view.read_bytes()
-        except OSError:
+            data = read_view_bytes(view)
+        except DecodeError:
             data = None
         datas.append(data)
         views.append(View(view.name, view.path, data, view.boxes) if data is not None else view)

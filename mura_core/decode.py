@@ -46,6 +46,7 @@ import numpy as np
 from mura_core.studies import Study, View
 
 __all__ = [
+    "printable_name",
     "DecodeError",
     "ImageMeta",
     "DecodedImage",
@@ -69,7 +70,7 @@ class DecodeError(ValueError):
     """An image could not be decoded; `str()` is "<file>: <reason>"."""
 
     def __init__(self, file: str, reason: str) -> None:
-        self.file = _printable(file)
+        self.file = printable_name(file)
         self.reason = reason
         super().__init__(f"{self.file}: {reason}")
 
@@ -128,8 +129,8 @@ class _QuietWhileDecoding(logging.Filter):
 logging.getLogger("pydicom").addFilter(_QuietWhileDecoding())
 
 
-def _printable(name: str) -> str:
-    """The file name without control characters (no log injection through names)."""
+def printable_name(name: str) -> str:
+    """The file name without control characters, safe to print or log (no forged lines through names)."""
     text = re.sub(r"[\x00-\x1f\x7f]", "?", str(name))
     return text or "<unnamed>"
 
@@ -492,7 +493,7 @@ def decode_image(data: bytes, name: str, *, window: tuple[float, float] | None =
         window: (center, width) applied to DICOM instead of the file's own window.
         limits: size caps checked before decoding.
     """
-    name = _printable(name)
+    name = printable_name(name)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(name, f"expected bytes, got {type(data).__name__}")
     data = bytes(data)

@@ -152,6 +152,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         from mura_core.devices import DeviceError
         from mura_core.explain import SLOW_METHODS, ExplainError
         from mura_core.predict import Predictor
+        from mura_core.decode import printable_name
         from mura_core.studies import BodyPart, View
 
         try:
@@ -164,7 +165,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         cam = None if args.cam == "none" else args.cam
         if cam in SLOW_METHODS:
             print(f"note: {cam} runs many forward passes per image; this may take minutes", file=sys.stderr)
-        views = [View(name=str(f), path=Path(f)) for f in args.files]
+        views = [View(name=printable_name(str(f)), path=Path(f)) for f in args.files]
         try:
             result = predictor.predict_study(
                 views, body_part=args.body_part, cam=cam, target=args.target, tta=args.tta,

@@ -184,9 +184,6 @@ def test_cli_refuses_special_files_and_scores_the_rest(predict_cli, weights, tmp
     assert [("not a regular file" in (i["error"] or "")) for i in images[1:]] == [True, True, True]
 
 
-@pytest.mark.xfail(strict=True, reason="app_state._with_bytes reads on-disk views with View.read_bytes(), which "
-                                         "blocks on a pipe and reads /dev/zero-like files without end (APP: use "
-                                         "decode.read_view_bytes); remove this marker once fixed")
 @pytest.mark.timeout(120)
 def test_app_scoring_a_study_with_a_pipe_does_not_hang(weights, tmp_path: Path):
     """`app_state.score_study` (the viewer's path for dataset studies) on a study whose second view is
@@ -220,9 +217,6 @@ def test_app_scoring_a_study_with_a_pipe_does_not_hang(weights, tmp_path: Path):
     assert dict(result.errors)["pipe.png"].startswith("not a regular file")
 
 
-@pytest.mark.xfail(strict=True, reason="predict_cli prints file names raw, so a newline in a name forges an "
-                                         "output line (SCORE: sanitise names as decode._printable does); "
-                                         "remove this marker once fixed")
 def test_cli_file_name_cannot_forge_output_lines(predict_cli, weights, tmp_path: Path, capsys):
     """A file whose name holds a newline (e.g. from `predict incoming/*`) cannot add a line of its own
     to the plain output or to stderr."""
