@@ -768,7 +768,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("Top operators of one study (torch.profiler, self CPU share): " + ", ".join(
             f"{op['op']} {op['share']:.0%}" for op in first["profile_top_ops"]) + ".")
     if first.get("random_weights"):
-        lines.append("NOTE: " + first["label"] + " has RANDOM weights (no trained weights shipped); "
+        lines.append("NOTE: " + first["label"] + " has RANDOM weights; "
                      "timings are valid, its scores are meaningless.")
     if result.get("quick"):
         lines.append("NOTE: --quick run (few repeats, small evaluate limit): indicative only.")

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mura_core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -47,8 +49,6 @@ __all__ = [
     "tokens_to_map",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LITE_MEAN: tuple[float, float, float] = (0.498, 0.498, 0.498)
 LITE_STD: tuple[float, float, float] = (0.502, 0.502, 0.502)
 """EfficientNet-Lite's own normalisation ((x*255 - 127) / 128), the one its ImageNet weights were trained with."""
@@ -285,7 +285,8 @@ class HybridCNNTransformer(nn.Module):
     After the hybrid ResNet-ViT idea: each cell of the CNN's last map is a token; a learned class token
     summarises them through `depth` pre-norm encoder layers. Position embeddings are learned on a
     `base_grid` x `base_grid` grid and interpolated for other input sizes.
-    The CAM target is `blocks[-1]` (its output is the token sequence); use :func:`tokens_to_map`.
+    The CAM target is `blocks[-2]`, the input of the last encoder block: only the class token of the last
+    block's output feeds the logit, so its patch tokens get no gradient. Use :func:`tokens_to_map`.
     """
 
     def __init__(self, dim: int = 192, depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0,
@@ -494,7 +495,7 @@ register_model(ArchSpec(
     name="hybrid", builder=_build_hybrid, default_image_size=224,
     mean=LITE_MEAN, std=LITE_STD,
     description="Hybrid CNN + transformer: EfficientNet-Lite0 map as tokens, CLS token, 2 encoder layers",
-    cam_target_layer=lambda m: m.blocks[-2] if len(m.blocks) > 1 else m.blocks[-1],  # input of the last block: its patch tokens reach the CLS logit (blocks[-1] output patch tokens get zero gradient)
+    cam_target_layer=lambda m: m.blocks[-2] if len(m.blocks) > 1 else m.blocks[-1],  # see HybridCNNTransformer
     reshape_transform=tokens_to_map,
     pretrained_available=True))
 register_model(ArchSpec(

@@ -122,3 +122,15 @@ def streamlit_navigation_steady_state(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init_without_legacy_mode)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module: tiny models run faster so, and on a shared 2-core
+    machine two threads thrash (measured up to ~14x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

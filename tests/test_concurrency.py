@@ -21,20 +21,11 @@ import torch
 from fixtures_harden import good_png, quadrant_png, tiny_weights_dir
 from mura_core.studies import Study, View
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 THREADS = 8
 METHODS = ("cam", "gradcam", "hirescam", None)
 """None = scores only (an unhooked forward under inference mode)."""
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One torch intra-op thread: on the shared 2-core machine two threads thrash (measured ~14x slower)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _study(i: int) -> Study:

@@ -12,13 +12,7 @@ from fixtures_score import tiny_checkpoint, tiny_manifest
 from mura_core import evaluate as ev
 from mura_core.studies import BodyPart, DatasetIndex, Study, View
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

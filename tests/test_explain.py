@@ -12,14 +12,7 @@ from torch import nn
 from mura_core import explain as E
 from mura_core.models import ArchSpec, create_model, get_arch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread on the shared 2-core machine (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _hooks(model: nn.Module) -> int:

@@ -17,20 +17,11 @@ from fixtures.build import dicom_bytes
 from fixtures_harden import good_png, tiny_checkpoint, tiny_weights_dir
 from mura_core.studies import Study, View
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LIMIT_MB = 100.0
 RUNS = 200
 METHODS = ("cam", "gradcam", "hirescam")
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One torch intra-op thread: on the shared 2-core machine two threads thrash (measured ~14x slower)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def rss_mb() -> float:

@@ -15,13 +15,7 @@ from mura_core.predict import Predictor, StudyResult, study_probability
 from mura_core.preprocess import PreprocessConfig, to_model_input
 from mura_core.studies import BodyPart, Study, View
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ import pytest
 from fixtures.build import dicom_bytes
 from fixtures_harden import SECRET_MARKERS, good_png, tiny_weights_dir
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = str(REPO_ROOT / "app.py")
 
@@ -36,17 +38,6 @@ def _page(name: str) -> str:
     """The app's page script path."""
     return next((f"{d}/{name}" for d in ("pages",) if (REPO_ROOT / d / name).is_file()),
                 f"pages/{name}")
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One torch intra-op thread: on the shared 2-core machine two threads thrash."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
