@@ -161,3 +161,14 @@ def tiny_weights_dir(folder: Path, *, arch: str = "mobilenet_v2", image_size: in
     card = load_checkpoint(path, expected_sha256=sha).card
     register_weights(path, card, sha, description="tiny test model", default=True, weights_dir=folder)
     return folder, card.name
+
+
+def _walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child)
+
+
+def page_text(at) -> str:
+    """Every AppTest element's protobuf as text (markdown, captions, errors, tables, JSON, widget labels)."""
+    return "\n".join(str(getattr(n, "proto", "")) for n in _walk(at._tree))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_harden import Case, bad_input_corpus, good_png, tiny_weights_dir, write_case
+from fixtures_harden import Case, bad_input_corpus, good_png, page_text, tiny_weights_dir, write_case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP = str(REPO_ROOT / "app.py")
@@ -263,17 +263,6 @@ def test_cli_subprocess_whole_corpus(predict_cli, weights, tmp_path: Path):
 # ----------------------------------------------------------------------------------------------
 # the study viewer (AppTest)
 # ----------------------------------------------------------------------------------------------
-
-
-def _walk(node):
-    yield node
-    for child in getattr(node, "children", {}).values():
-        yield from _walk(child)
-
-
-def page_text(at) -> str:
-    """Every element's protobuf as text: markdown, captions, errors, tables, JSON, labels."""
-    return "\n".join(str(getattr(n, "proto", "")) for n in _walk(at._tree))
 
 
 @pytest.fixture(scope="module")
