@@ -472,18 +472,14 @@ def _build_shallow(pretrained: bool = False, dropout: float = 0.0,
 # The registry.
 # --------------------------------------------------------------------------------------------------
 
-register_model(ArchSpec(
-    name="densenet169", builder=_build_densenet("densenet169"), default_image_size=320,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="DenseNet-169, the MURA baseline (Rajpurkar et al. 2017); 1-logit head",
-    cam_target_layer=lambda m: m.features.relu5,
-    classic_cam=lambda m: (m.features.relu5, m.classifier.weight[0])))
-register_model(ArchSpec(
-    name="densenet121", builder=_build_densenet("densenet121"), default_image_size=320,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="DenseNet-121 (MuRAD's choice); 1-logit head",
-    cam_target_layer=lambda m: m.features.relu5,
-    classic_cam=lambda m: (m.features.relu5, m.classifier.weight[0])))
+for _name, _description in (
+        ("densenet169", "DenseNet-169, the MURA baseline (Rajpurkar et al. 2017); 1-logit head"),
+        ("densenet121", "DenseNet-121 (MuRAD's choice); 1-logit head")):
+    register_model(ArchSpec(
+        name=_name, builder=_build_densenet(_name), default_image_size=320,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, description=_description,
+        cam_target_layer=lambda m: m.features.relu5,
+        classic_cam=lambda m: (m.features.relu5, m.classifier.weight[0])))
 register_model(ArchSpec(
     name="efficientnet_lite0", builder=_build_efficientnet_lite0, default_image_size=224,
     mean=LITE_MEAN, std=LITE_STD,

@@ -73,3 +73,14 @@ def real_views(count: int = 3) -> list[Path]:
         rows = [r for r in csv.DictReader(handle) if r["label"] == "1" and r["body_part"] == "WRIST"]
     paths = [SHARED_DATA / r["image"] for r in rows[:count]]
     return [p for p in paths if p.is_file()]
+
+
+def start_app(weights: Path, monkeypatch) -> "AppTest":
+    """Run app.py once under AppTest on the given weights folder (MURA_WEIGHTS_DIR), with no MURA_DATA."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(weights))
+    monkeypatch.delenv("MURA_DATA", raising=False)
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    return at

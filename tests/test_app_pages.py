@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fixtures_app import REPO_ROOT, SHARED_DATA, TINY_NAME, build_tiny_weights
-
-APP = str(REPO_ROOT / "app.py")
+from fixtures_app import SHARED_DATA, TINY_NAME, build_tiny_weights, start_app
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +16,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def app(weights: Path, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(weights))
-    monkeypatch.delenv("MURA_DATA", raising=False)
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert not at.exception, at.exception
-    return at
+    return start_app(weights, monkeypatch)
 
 
 def test_home_explains_tool_model_and_device(app: AppTest):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fixtures_app import REPO_ROOT, build_tiny_weights, real_views
+from fixtures_app import REPO_ROOT, build_tiny_weights, real_views, start_app
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -18,8 +18,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def viewer(weights: Path, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(weights))
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = start_app(weights, monkeypatch)
     at.switch_page("pages/study_viewer.py").run()
     assert not at.exception, at.exception
     return at
