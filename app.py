@@ -1,30 +1,32 @@
 """MURA viewer: the Streamlit entry point (`streamlit run app.py`).
 
-Declares the pages and the sidebar's model picker shared by all of them; every page only arranges
-widgets and calls `mura_core`.
-
-The page scripts live in `pages/`. Streamlit treats that folder as an old-style multipage app for the
-first run after a server start that lands directly on a page URL; each page's `app_state.require_app_shell()`
-then reruns once, through this script.
+`PAGES` is the app's one page list: the navigation, the sidebar links and Home's links all come from it.
+Adding a page = its file under pages/ + one line here. Every page only arranges widgets and calls
+`mura_core.app` / `mura_core`.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from mura_core import app_state
+from mura_core.app import navigation, services, session
 
 st.set_page_config(page_title="MURA viewer", page_icon=":material/radiology:", layout="wide")
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/study_viewer.py", title="Study viewer", icon=":material/radiology:"),
-    st.Page("pages/dataset_browser.py", title="Dataset browser", icon=":material/photo_library:"),
-    st.Page("pages/validation.py", title="Validation", icon=":material/monitoring:"),
-    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
-]
+PAGES = (
+    navigation.AppPage("pages/home.py", "Home", ":material/home:", default=True),
+    navigation.AppPage("pages/study_viewer.py", "Study viewer", ":material/radiology:",
+                       "upload PNG, JPEG or DICOM views and score them"),
+    navigation.AppPage("pages/dataset_browser.py", "Dataset browser", ":material/photo_library:",
+                       "browse a MURA folder or manifest, find false negatives and false positives"),
+    navigation.AppPage("pages/validation.py", "Validation", ":material/monitoring:",
+                       "how far to trust the model, per body part"),
+    navigation.AppPage("pages/model_card.py", "Model card", ":material/description:",
+                       "architecture, data, recipe, limits"),
+)
 
-navigation = st.navigation(PAGES)
-app_state.keep_widget_state()
-app_state.model_selector()
+current = navigation.navigation(PAGES)
+session.keep_widget_state()
+navigation.sidebar_links(PAGES)
+services.model_selector()
 st.sidebar.caption("Second-reader and teaching aid — not a diagnostic device.")
-navigation.run()
+current.run()

@@ -1,6 +1,6 @@
 """`python -m mura_core SUBCOMMAND ...`."""
 import sys
 
-from mura_core.cli import main
+from mura_core.commands import main
 
 sys.exit(main())

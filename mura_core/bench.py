@@ -11,7 +11,7 @@
    `repeats` runs after one warm-up, and includes decoding the files (as the app does per request).
    `study_latency_s` is the app's default heat map (`Predictor.default_cam`), no flip.
 3. **evaluate throughput** (`evaluate_images_per_s`) over the valid split (``--limit`` for quick runs),
-   through `mura_core.evaluate.evaluate_dataset` when it exists, else a batched scoring loop.
+   through `mura_core.evaluation.evaluate.evaluate_dataset` when it exists, else a batched scoring loop.
 4. **peak resident memory**: each scenario runs in its own subprocess that reports its own peak RSS
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). `peak_rss_mb` is "the running app with one model":
    read right after that subprocess imported mura_core (no Streamlit), loaded one model and scored
@@ -169,7 +169,7 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
         arch = config.arch or TARGET_ARCH
         return [Subject(f"{arch} (RANDOM WEIGHTS)", arch=arch, image_size=config.image_size or STUDY_SIZE)]
     if shipped is None:
-        from mura_core.checkpoints import list_weights
+        from mura_core.models.weights import list_weights
 
         shipped = list_weights()
     shipped = list(shipped)
@@ -253,7 +253,7 @@ def bench_views(data: str | Path = DEFAULT_DATA, count: int = 3) -> tuple[list[A
     root = Path(data)
     if root.is_dir():
         try:
-            from mura_core.datasets import open_dataset
+            from mura_core.data.sources import open_dataset
 
             index = open_dataset(root, split="valid")
             views = [v for s in index.studies for v in s.views if v.path is not None and Path(v.path).is_file()]
@@ -266,7 +266,7 @@ def bench_views(data: str | Path = DEFAULT_DATA, count: int = 3) -> tuple[list[A
 
 def _generated_views(count: int) -> list[Any]:
     """`count` in-memory views of `synthetic_radiograph` images."""
-    from mura_core.studies import View
+    from mura_core.data.studies import View
 
     return [View(name=f"generated{i}.png", data=synthetic_radiograph(i)) for i in range(count)]
 
@@ -277,8 +277,8 @@ def _generated_views(count: int) -> list[Any]:
 
 def _random_loaded(arch: str, image_size: int) -> Any:
     """A `LoadedModel` with random weights and a card saying so (timing only)."""
-    from mura_core.checkpoints import LoadedModel, ModelCard
-    from mura_core.models import create_model, get_arch
+    from mura_core.models.checkpoints import LoadedModel, ModelCard
+    from mura_core.models.registry import create_model, get_arch
 
     spec = get_arch(arch)
     model = create_model(arch).eval()
@@ -289,7 +289,7 @@ def _random_loaded(arch: str, image_size: int) -> Any:
 
 def build_predictor(subject: Subject, device: str = "cpu") -> Any:
     """The app's `Predictor` for the subject (shipped weights, sha256-checked, or random weights)."""
-    from mura_core.predict import Predictor
+    from mura_core.explain.predictor import Predictor
 
     if subject.random:
         return Predictor(_random_loaded(str(subject.arch), subject.image_size or STUDY_SIZE), device=device)
@@ -308,8 +308,8 @@ _COLD_CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 import torch
-from mura_core.predict import Predictor
-from mura_core.models import create_model
+from mura_core.explain.predictor import Predictor
+from mura_core.models.registry import create_model
 t1 = time.perf_counter()
 spec = json.loads(sys.argv[1])
 if spec["weights"] is None:
@@ -365,7 +365,7 @@ def _stage_breakdown(predictor: Any, views: Sequence[Any], methods: Sequence[str
     the forward alone, the forward with each heat-map method, resizing the maps to the images."""
     import torch
 
-    from mura_core.decode import decode_view
+    from mura_core.imaging.decode import decode_view
 
     images = [decode_view(v).pixels for v in views]
     batches = predictor.prepare(images)
@@ -440,8 +440,9 @@ def _naive_weights_file(subject: Subject, folder: Path) -> tuple[Path, str, Any]
     """(weights file, arch, preprocessing config) the naive request reloads every time."""
     import torch
 
-    from mura_core.checkpoints import ModelCard, resolve_weights
-    from mura_core.preprocess import PreprocessConfig
+    from mura_core.models.checkpoints import ModelCard
+    from mura_core.models.weights import resolve_weights
+    from mura_core.imaging.preprocess import PreprocessConfig
 
     if subject.random:
         loaded = _random_loaded(str(subject.arch), subject.image_size or STUDY_SIZE)
@@ -463,9 +464,9 @@ def _naive_request(path: Path, arch: str, config: Any, views: Sequence[Any], dev
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-    from mura_core.decode import decode_view
-    from mura_core.models import get_arch
-    from mura_core.preprocess import to_model_input
+    from mura_core.imaging.decode import decode_view
+    from mura_core.models.registry import get_arch
+    from mura_core.imaging.preprocess import to_model_input
 
     spec = get_arch(arch)
     model = _naive_model(arch, path).to(device)
@@ -507,7 +508,7 @@ def _naive_model(arch: str, path: Path) -> Any:
     """Build the architecture and load a weights file, as a naive request does first."""
     import torch
 
-    from mura_core.models import create_model
+    from mura_core.models.registry import create_model
 
     model = create_model(arch)
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -524,7 +525,7 @@ def _split_views(data: str | Path, limit: int | None) -> tuple[list[Any], str]:
     root = Path(data)
     if root.is_dir():
         try:
-            from mura_core.datasets import open_dataset
+            from mura_core.data.sources import open_dataset
 
             index = open_dataset(root, split="valid")
             views = [v for s in index.studies for v in s.views]
@@ -537,7 +538,7 @@ def _split_views(data: str | Path, limit: int | None) -> tuple[list[Any], str]:
 
 def _scoring_loop(predictor: Any, views: Sequence[Any], batch: int) -> int:
     """Decode and score `views` in batches with the app's predictor (no heat maps); images scored."""
-    from mura_core.decode import DecodeError, decode_view
+    from mura_core.imaging.decode import DecodeError, decode_view
 
     done = 0
     for start in range(0, len(views), batch):
@@ -553,15 +554,15 @@ def _scoring_loop(predictor: Any, views: Sequence[Any], batch: int) -> int:
 
 
 def _evaluate_split(predictor: Any, config: BenchConfig) -> dict[str, Any] | None:
-    """Time `mura_core.evaluate.evaluate_dataset` on the valid split, as the `evaluate` command runs it
+    """Time `mura_core.evaluation.evaluate.evaluate_dataset` on the valid split, as the `evaluate` command runs it
     (its default heat map for the pointing game, its default DataLoader workers, bootstrap intervals),
     without writing files; None when the module or the data is missing."""
     try:
-        from mura_core.evaluate import default_workers, evaluate_dataset
+        from mura_core.evaluation.evaluate import default_workers, evaluate_dataset
     except ImportError:
         return None
     try:
-        from mura_core.datasets import detect_kind
+        from mura_core.data.sources import detect_kind
 
         detect_kind(config.data)
     except (ValueError, OSError):
@@ -574,7 +575,7 @@ def _evaluate_split(predictor: Any, config: BenchConfig) -> dict[str, Any] | Non
     if count == 0:
         return None
     return {"evaluate_images_per_s": count / seconds, "evaluate_images": count, "evaluate_s": seconds,
-            "evaluate_workers": default_workers(), "evaluate_source": "mura_core.evaluate.evaluate_dataset "
+            "evaluate_workers": default_workers(), "evaluate_source": "mura_core.evaluation.evaluate.evaluate_dataset "
             "(valid split, default cam for the pointing game, default workers, no files written)"}
 
 

@@ -37,16 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mura_core.checkpoints import (
-    FORMAT,
-    WEIGHTS_DIR,
-    CheckpointError,
-    ModelCard,
-    register_weights,
-    render_card_markdown,
-    save_checkpoint,
-)
-from mura_core.models import create_model, get_arch
+from mura_core.models.checkpoints import FORMAT, CheckpointError, ModelCard, render_card_markdown, save_checkpoint
+from mura_core.models.weights import WEIGHTS_DIR, register_weights
+from mura_core.models.registry import create_model, get_arch
 
 __all__ = [
     "TrainConfig",
@@ -184,9 +177,9 @@ def load_split(data: str | Path, split: str, image_size: int, *, cache_dir: str 
     unlabelled studies are skipped and listed in `skipped`. With `cache_dir`, the decoded split is
     kept as a .pt file of tensors (weights_only) keyed by path, split and size.
     """
-    from mura_core.datasets import open_dataset
-    from mura_core.decode import DecodeError, decode_view
-    from mura_core.preprocess import resize_pixels
+    from mura_core.data.sources import open_dataset
+    from mura_core.imaging.decode import DecodeError, decode_view
+    from mura_core.imaging.preprocess import resize_pixels
 
     cache_file = Path(cache_dir) / f"split-{_cache_key(str(data), split, image_size)}.pt" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
@@ -301,7 +294,7 @@ def augment_batch(images: torch.Tensor, indices: Sequence[int], seed: int, epoch
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    from mura_core.preprocess import train_augment
+    from mura_core.imaging.preprocess import train_augment
 
     x = images.float().div_(255.0).unsqueeze(1)
     out = []
@@ -431,7 +424,7 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
 
 def _metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray = 0.5,
              n_bootstrap: int = 0) -> dict[str, Any]:
-    from mura_core.metrics import binary_metrics
+    from mura_core.evaluation.metrics import binary_metrics
 
     return binary_metrics(labels, probs, threshold, n_bootstrap=n_bootstrap)
 
@@ -439,7 +432,7 @@ def _metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarra
 def _per_body_part(labels: np.ndarray, probs: np.ndarray, parts: Sequence[str],
                    thresholds: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Compact per-part metrics (AUC/specificity are None where a part lacks a class)."""
-    from mura_core.metrics import threshold_for
+    from mura_core.evaluation.metrics import threshold_for
 
     out = {}
     parts_arr = np.asarray(list(parts), dtype=object)
@@ -786,7 +779,7 @@ def _finish(config: TrainConfig, model: nn.Module, train_cache: ImageCache, vali
             history: list[dict[str, Any]], best_epoch: int, notes: list[str], device: torch.device,
             elapsed: float, decode_s: float, last_path: Path, world: int) -> TrainResult:
     """Pick the storage precision, fit thresholds on valid, write checkpoint + card + index entry."""
-    from mura_core.metrics import fit_thresholds
+    from mura_core.evaluation.metrics import fit_thresholds
 
     spec = get_arch(config.arch)
     labels = valid_cache.labels.numpy()
@@ -853,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = TrainConfig(data="", arch="", out="")
     p.add_argument("--data", required=True, help="MURA folder (or parent) or manifest CSV (or its folder)")
-    p.add_argument("--arch", required=True, help="architecture name (see mura_core.models.list_models)")
+    p.add_argument("--arch", required=True, help="architecture name (see mura_core.models.registry.list_models)")
     p.add_argument("--out", required=True, help="checkpoint to write, e.g. weights/NAME.pt")
     p.add_argument("--split-train", default=d.split_train)
     p.add_argument("--split-valid", default=d.split_valid)

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mura_core import app_state
-from mura_core.viewer import DISCLAIMER
+from mura_core.app import navigation, services
+from mura_core.app.views import DISCLAIMER
 
-app_state.require_app_shell()
+navigation.require_app_shell()
 
 st.title("Model card")
-model = app_state.selected_model()
+model = services.selected_model()
 if model is None:
-    st.error(app_state.available_models().problem or "No model available.")
+    st.error(services.available_models().problem or "No model available.")
     st.stop()
 try:
-    markdown = app_state.card_markdown(model)
+    markdown = services.card_markdown(model)
 except Exception as exc:  # a message, never a traceback
     st.error(f"The model card of {model!r} could not be read: {exc}")
     st.stop()

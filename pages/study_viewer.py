@@ -3,23 +3,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mura_core import app_state
-from mura_core.studies import BodyPart
-from mura_core.viewer import (COLORMAPS, DISCLAIMER, SLOW_CAMS, TARGETS, decision_label, format_probability,
-                              meta_rows, results_table, study_summary, to_png_bytes, view_panels, with_body_part)
+from mura_core.app import navigation, services, session
+from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
+                                 study_summary, to_png_bytes, view_panels, with_body_part)
+from mura_core.data.studies import BodyPart, label_name
+from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
 
-app_state.require_app_shell()
+navigation.require_app_shell()
 
 st.title("Study viewer")
 
 # ---- sidebar controls --------------------------------------------------------------------------
-model = app_state.selected_model()
-methods, default_cam = app_state.cam_methods(model)
-app_state.drop_invalid_choice("viewer_cam", methods)
+model = services.selected_model()
+methods, default_cam = services.cam_methods(model)
+session.drop_invalid_choice("viewer_cam", methods)
+session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_window_on",
+             defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
+                       "viewer_zoom": 1.0})
 with st.sidebar:
     st.header("Explanation")
-    cam = st.selectbox("CAM method", methods, index=methods.index(default_cam) if default_cam in methods else 0,
-                       key="viewer_cam", format_func=lambda m: f"{m} (slow)" if m in SLOW_CAMS else m,
+    cam = st.selectbox("CAM method", methods,
+                       key="viewer_cam", format_func=lambda m: f"{m} (slow)" if m in SLOW_METHODS else m,
                        help="How the heat map is computed. 'cam' needs no extra pass (the default where the "
                             "model allows it); gradient methods add one backward pass; the slow ones run "
                             "hundreds of forward passes per image.")
@@ -27,9 +31,9 @@ with st.sidebar:
                       horizontal=True)
     tta = st.checkbox("Test-time flip (average with the mirrored image)", key="viewer_tta")
     st.header("Display")
-    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="viewer_alpha")
-    colormap = st.selectbox("Colour map", COLORMAPS, key="viewer_colormap")
-    zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, 1.0, 0.25, key="viewer_zoom")
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="viewer_alpha")
+    colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
+    zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
     part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
                                format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
@@ -38,24 +42,25 @@ with st.sidebar:
     window = None
     if st.checkbox("Set DICOM window/level", key="viewer_window_on",
                    help="Overrides the window stored in DICOM files; PNG/JPEG are unaffected."):
-        start = app_state.dicom_window_default()
-        centre = st.number_input("Window centre (level)", value=start[0], step=50.0, key="viewer_wc")
-        width = st.number_input("Window width", value=start[1], min_value=1.0, step=50.0, key="viewer_ww")
+        start = session.dicom_window_default()
+        session.keep(defaults={"viewer_wc": start[0], "viewer_ww": start[1]})
+        centre = st.number_input("Window centre (level)", step=50.0, key="viewer_wc")
+        width = st.number_input("Window width", min_value=1.0, step=50.0, key="viewer_ww")
         window = (float(centre), float(width))
 
 # ---- the study ---------------------------------------------------------------------------------
-linked = app_state.linked_study()
+linked = services.linked_study()
 if linked.error:
     st.error(linked.error)
 study = linked.study
 if study is not None:
     st.info(f"Study **{study.study_id}** from the dataset browser "
             f"({len(study.views)} view{'s' if len(study.views) != 1 else ''}; ground truth: "
-            f"{ {1: 'abnormal', 0: 'normal'}.get(study.label, 'unknown') }).")
+            f"{label_name(study.label)}).")
     back, close = st.columns([1, 2])
     back.page_link("pages/dataset_browser.py", label="Back to the dataset browser", icon=":material/arrow_back:")
     if close.button("Close this study and upload files instead", key="viewer_close"):
-        app_state.close_linked_study()
+        services.close_linked_study()
         st.rerun()
 else:
     uploads = st.file_uploader(
@@ -63,7 +68,7 @@ else:
         accept_multiple_files=True, key="viewer_upload",
         help="Files stay in memory only; nothing is written to disk.")
     if uploads:
-        study = app_state.study_from_files([(f.name, f.getvalue()) for f in uploads],
+        study = services.study_from_files([(f.name, f.getvalue()) for f in uploads],
                                            None if part_choice == "auto" else part_choice)
 if study is not None and part_choice != "auto":
     study = with_body_part(study, part_choice)
@@ -73,17 +78,17 @@ if study is None:
     st.caption(DISCLAIMER)
     st.stop()
 if model is None:
-    st.error(app_state.available_models().problem or "No model available; nothing can be scored.")
+    st.error(services.available_models().problem or "No model available; nothing can be scored.")
     st.stop()
 
 try:
     with st.spinner("Scoring the study…"):
-        result, cached = app_state.score_study(model, study, cam=cam, target=target, tta=tta, window=window)
+        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta, window=window)
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
 if window is None:
-    app_state.remember_dicom_window(result)
+    session.remember_dicom_window(result)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")
@@ -110,7 +115,7 @@ for i, view in enumerate(result.views):
                  "The other views were scored without it.", icon=":material/broken_image:")
         continue
     boxes = boxes_by_name.get(view.name, ())
-    image, overlay = view_panels(view, app_state.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
+    image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
                                  boxes=boxes)
 
     left, right, facts_col = st.columns([2, 2, 1])

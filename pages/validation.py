@@ -1,21 +1,21 @@
 """Validation: how far to trust the model, per body part — from its shipped evaluation or a run on your data."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from mura_core import app_state
-from mura_core.viewer_browser import default_data_root
-from mura_core.viewer_validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, calibration_figure,
-                                         confusion_by_body_part, confusion_figure, describe_report,
-                                         find_reports, kappa_comparison, kappas_by_body_part, metrics_table,
-                                         pointing_game_rows, roc_figure, single_class_parts)
+from mura_core.app import navigation, services, session
+from mura_core.app.validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, calibration_figure,
+                                      confusion_by_body_part, confusion_figure, describe_report, kappa_comparison,
+                                      kappas_by_body_part, metrics_table, pointing_game_rows, roc_figure,
+                                      single_class_parts)
+from mura_core.data.roots import default_data_root
+from mura_core.evaluation.reports import find_reports
 
-app_state.require_app_shell()
+navigation.require_app_shell()
+session.keep("validation_source", "validation_mode")
 
 st.title("Validation")
-model = app_state.selected_model()
+model = services.selected_model()
 
 source = st.radio("Results from", ["shipped", "run"], horizontal=True, key="validation_source",
                   format_func={"shipped": "Shipped evaluation reports",
@@ -28,15 +28,16 @@ if source == "shipped":
                 "reports/). Run `python -m mura_core evaluate ...`, or choose 'Run the model on a data folder'.")
         st.stop()
     names = [r.name for r in reports]
-    index = names.index(model) if model in names else 0
-    ref = reports[st.selectbox("Report", range(len(reports)), index=index, format_func=lambda i: names[i],
+    session.drop_invalid_choice("validation_report", list(range(len(reports))))
+    session.keep(defaults={"validation_report": names.index(model) if model in names else 0})
+    ref = reports[st.selectbox("Report", range(len(reports)), format_func=lambda i: names[i],
                                key="validation_report")]
     try:
-        report, predictions = app_state.load_report_cached(str(ref.report))
+        report, predictions = services.load_report_cached(str(ref.report))
     except Exception as exc:
         st.error(f"The report in {ref.folder} could not be read: {exc}")
         st.stop()
-    thresholds = app_state.report_thresholds(report, ref.name)
+    thresholds = services.report_thresholds(report, ref.name)
     title = ref.name
     st.caption(describe_report(report))
     if not predictions:
@@ -45,27 +46,26 @@ if source == "shipped":
         st.stop()
 else:
     if model is None:
-        st.error(app_state.available_models().problem or "No model available.")
+        st.error(services.available_models().problem or "No model available.")
         st.stop()
     default = default_data_root()
-    typed = st.text_input("Data folder or manifest.csv", value=str(default) if default else "",
-                          key="validation_path")
+    session.keep("validation_split", defaults={"validation_path": str(default) if default else ""})
+    typed = st.text_input("Data folder or manifest.csv", key="validation_path")
     split = st.selectbox("Split", ["valid", "train", "all"], key="validation_split")
-    key = (model, str(Path(typed).expanduser().resolve()) if typed.strip() else "", split)
     if st.button(f"Evaluate {model} on this data", key="validation_run", disabled=not typed.strip()):
         bar = st.progress(0.0, text="Scoring…")
         try:
-            app_state.run_evaluation(model, typed.strip(), None if split == "all" else split,
+            services.run_evaluation(model, typed.strip(), None if split == "all" else split,
                                      progress=lambda d, t: bar.progress(d / t, text=f"Scored {d}/{t} studies"))
 
         except Exception as exc:
             st.error(f"The evaluation could not run: {exc}")
             st.stop()
-    predictions = app_state.evaluation_results(key)
+    predictions = services.evaluation_results(model, typed.strip(), None if split == "all" else split)
     if not predictions:
         st.info("Press the button to score every study of the split (no heat maps; takes a while on a CPU).")
         st.stop()
-    thresholds = app_state.model_thresholds(model)
+    thresholds = services.model_thresholds(model)
     title = f"{model} on {typed.strip()} ({split})"
 
 st.subheader(title)
@@ -78,7 +78,8 @@ mode = st.radio("Threshold", ["card", "slider"], horizontal=True, key="validatio
                              "slider": "One threshold for every body part"}.get)
 chosen: dict[str, float] | float = thresholds
 if mode == "slider":
-    chosen = st.slider("Threshold on P(abnormal)", 0.0, 1.0, float(thresholds.get("default", 0.5)), 0.01,
+    session.keep(defaults={"validation_threshold": float(thresholds.get("default", 0.5))})
+    chosen = st.slider("Threshold on P(abnormal)", 0.0, 1.0, step=0.01,
                        key="validation_threshold",
                        help="Moves the operating point; the matrices and table are recomputed from the "
                             "saved predictions (the model is not re-run).")

@@ -103,7 +103,7 @@ def test_target_checks() -> None:
 
 
 def test_generated_views_decode(tmp_path: Path) -> None:
-    from mura_core.decode import decode_view
+    from mura_core.imaging.decode import decode_view
 
     views, source = bench.bench_views(tmp_path / "absent")
     assert source == "generated" and len(views) == 3
@@ -134,8 +134,8 @@ def test_evaluate_without_data_uses_a_labelled_stand_in(tmp_path: Path) -> None:
 
 
 def test_shipped_weights_path_runs_study_and_naive(tmp_path: Path) -> None:
-    from mura_core.checkpoints import ModelCard, save_checkpoint
-    from mura_core.models import create_model, get_arch
+    from mura_core.models.checkpoints import ModelCard, save_checkpoint
+    from mura_core.models.registry import create_model, get_arch
 
     spec = get_arch("shallow_cnn")
     card = ModelCard(name="tiny", arch="shallow_cnn", image_size=32, mean=spec.mean, std=spec.std)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import mura_core.train as train_module
-from mura_core.checkpoints import load_checkpoint, read_index
-from mura_core.metrics import fit_thresholds
+from mura_core.models.checkpoints import load_checkpoint
+from mura_core.models.weights import read_index
+from mura_core.evaluation.metrics import fit_thresholds
 from mura_core.train import (
     TrainConfig,
     augment_batch,

@@ -20,7 +20,7 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from fixtures_app import REPO_ROOT, build_tiny_weights  # noqa: E402
+from fixtures.app import REPO_ROOT, build_tiny_weights  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -55,7 +55,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 def e2e_weights(tmp_path_factory) -> Path:
     """MURA_WEIGHTS_DIR when set; else the shipped weights folder when it has weights and an evaluate
     report (the real product); else a tiny random-weight checkpoint with a synthetic report."""
-    from mura_core.viewer_validation import find_reports
+    from mura_core.evaluation.reports import find_reports
 
     if os.environ.get("MURA_WEIGHTS_DIR"):
         return Path(os.environ["MURA_WEIGHTS_DIR"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_app import real_views
+from fixtures.app import real_views
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ def test_upload_study_switch_cam_and_validation(page, app_url, shot, tmp_path):
 
 
 def test_dataset_browser_opens_a_study(page, app_url, shot):
-    from fixtures_app import SHARED_DATA
+    from fixtures.app import SHARED_DATA
 
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip("real data not available")

@@ -1,0 +1,494 @@
+"""The app's cached services: the ONE place that caches models, scored studies, data and reports.
+
+- Models are loaded once per server process (`st.cache_resource`) and shared by every session;
+  the `Predictor` is thread-safe, so sessions may score at the same time.
+- Scored studies (probabilities and heat maps) live in a `views.ResultCache` keyed by the images'
+  sha256, the model and the explanation settings; display settings (opacity, colour map, zoom) are
+  not part of the key, so changing them only re-draws the overlay from the cached heat map.
+- Uploaded bytes are never written to disk: they are hashed, scored and dropped; the cache keeps
+  the decoded images and heat maps only, for a bounded number of studies.
+- Figures about a model (Home, Model card, Validation) come from its shipped evaluate report
+  (`evaluation.reports`), never from the card's training-time metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from mura_core.app.browser import find_study, predictions_match
+from mura_core.app.views import ResultCache, score_key
+from mura_core.data.roots import configured_roots, default_data_root, is_within, root_for, safe_study
+from mura_core.data.studies import BodyPart, Study, View
+from mura_core.evaluation.reports import (ReportRef, StudyPrediction, find_reports, load_report, read_predictions,
+                                          shipped_report, thresholds_of)
+from mura_core.imaging.decode import DecodeError, read_view_bytes
+from mura_core.models.weights import weights_folder
+
+__all__ = [
+    "MODEL_KEY",
+    "ROOTS_KEY",
+    "LinkedStudy",
+    "ModelChoice",
+    "allowed_roots",
+    "available_models",
+    "browser_probabilities",
+    "cam_methods",
+    "card_markdown",
+    "close_linked_study",
+    "device_name",
+    "evaluation_results",
+    "get_predictor",
+    "linked_study",
+    "load_report_cached",
+    "loaded_models",
+    "model_card",
+    "model_report",
+    "model_selector",
+    "model_thresholds",
+    "open_dataset_cached",
+    "overlay_fn",
+    "remember_root",
+    "report_thresholds",
+    "result_cache",
+    "run_evaluation",
+    "score_for_browser",
+    "score_study",
+    "selected_model",
+    "study_from_files",
+    "view_thumbnail",
+]
+
+MODEL_KEY = "model_name"
+"""Session-state key holding the model chosen in the sidebar (shared by every page)."""
+
+ROOTS_KEY = "data_roots"
+"""Session-state key listing the data folders this session typed in the browser (each one a root)."""
+
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The models the app can offer, the default, and why there are none (when there are none)."""
+
+    names: tuple[str, ...]
+    default: str | None
+    problem: str | None = None
+
+
+def available_models() -> ModelChoice:
+    """Indexed checkpoints and ensembles in the weights folder; never raises."""
+    from mura_core.models import weights
+
+    folder = weights_folder()
+    try:
+        names = list(weights.list_weights(folder))
+        names += [n for n in weights.list_ensembles(folder) if n not in names]
+    except Exception as exc:  # an unreadable index must not take the app down
+        return ModelChoice((), None, f"The weights index in {folder} could not be read: {exc}")
+    if not names:
+        return ModelChoice((), None, f"No trained weights are shipped yet (nothing indexed in "
+                                     f"{folder}/index.json). Train one with `python -m mura_core train ...`; "
+                                     "until then nothing can be scored.")
+    return ModelChoice(tuple(names), names[0])
+
+
+def selected_model() -> str | None:
+    """The model chosen in the sidebar (or the default one), None when no weights exist."""
+    choice = available_models()
+    name = st.session_state.get(MODEL_KEY)
+    return name if name in choice.names else choice.default
+
+
+def model_selector() -> str | None:
+    """Draw the sidebar's model picker (on every page) and return the chosen name."""
+    choice = available_models()
+    if not choice.names:
+        st.sidebar.warning(choice.problem or "No model available.")
+        return None
+    current = selected_model()
+    name = st.sidebar.selectbox("Model", choice.names, index=choice.names.index(current),
+                                key="sidebar_model",
+                                help="Checkpoints listed in weights/index.json (the first is the default).")
+    st.session_state[MODEL_KEY] = name
+    return name
+
+
+def get_predictor(name: str) -> Any:
+    """SCORE's Predictor for an indexed checkpoint or ensemble of the weights folder, built once per
+    process and shared by every session."""
+    return _build_predictor(name, str(weights_folder()))
+
+
+def loaded_models(name: str) -> list[Any]:
+    """TRAIN's LoadedModel(s) behind a model name (one, or an ensemble's members), loaded once.
+
+    sha256 is verified by `checkpoints.load_weights`; a missing or tampered file raises CheckpointError.
+    """
+    return _load_models(name, str(weights_folder()))
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=4)
+def _load_models(name: str, folder: str) -> list[Any]:
+    from mura_core.models import weights
+    from mura_core.models.devices import pick_device
+
+    device = pick_device("auto")
+    members = weights.list_ensembles(folder).get(name, [name])
+    return [weights.load_weights(m, device=device, weights_dir=folder) for m in members]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _build_predictor(name: str, folder: str) -> Any:
+    from mura_core.models.devices import pick_device
+    from mura_core.explain.predictor import Predictor
+
+    loaded = _load_models(name, folder)
+    return Predictor(loaded if len(loaded) > 1 else loaded[0], device=pick_device("auto"), name=name)
+
+
+@st.cache_resource(show_spinner=False)
+def result_cache() -> ResultCache:
+    """The process-wide cache of scored studies (bounded; shared by every session)."""
+    return ResultCache(max_entries=24)
+
+
+def _with_bytes(study: Study) -> tuple[Study, list[bytes | None]]:
+    """The study with each on-disk view's bytes read once (unreadable files keep no bytes)."""
+    views, datas = [], []
+    for view in study.views:
+        try:
+            data = read_view_bytes(view)
+        except DecodeError:
+            data = None
+        datas.append(data)
+        views.append(View(view.name, view.path, data, view.boxes) if data is not None else view)
+    return dataclasses.replace(study, views=tuple(views)), datas
+
+
+def score_study(model: str, study: Study, *, cam: str | None, target: str = "abnormal", tta: bool = False,
+                window: tuple[float, float] | None = None) -> tuple[Any, bool]:
+    """Score a study (or fetch it from the cache): returns (StudyResult, came_from_cache)."""
+    study, datas = _with_bytes(study)
+    key = score_key(f"{weights_folder()}::{model}", datas, [v.name for v in study.views], body_part=study.body_part,
+                    cam=cam, target=target, tta=tta, window=window)
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit, True
+    predictor = get_predictor(model)
+    result = predictor.predict_study(study, body_part=study.body_part, cam=cam, target=target, tta=tta,
+                                     window=window)
+    cache.put(key, result)
+    return result, False
+
+
+@st.cache_resource(show_spinner=False)
+def device_name() -> str:
+    """The device models run on, in words (e.g. 'CUDA GPU (NVIDIA H100)' or 'CPU')."""
+    try:
+        import torch
+
+        from mura_core.models.devices import pick_device
+
+        device = pick_device("auto")
+        if device.type == "cuda":
+            return f"CUDA GPU ({torch.cuda.get_device_name(device)})"
+        if device.type == "mps":
+            return "Apple GPU (MPS)"
+        return f"CPU ({torch.get_num_threads()} threads)"
+    except Exception as exc:  # no torch / broken driver: still show the page
+        return f"unknown ({exc})"
+
+
+@st.cache_data(show_spinner="Reading the data folder…", max_entries=4, ttl=900)
+def open_dataset_cached(path: str) -> Any:
+    """DATA's `open_dataset` for a folder or manifest, cached per path for 15 minutes."""
+    from mura_core.data.sources import open_dataset
+
+    return open_dataset(Path(path))
+
+
+def view_thumbnail(view: View, root: Path) -> bytes | None:
+    """A small square PNG of a dataset view with its boxes, or None when it is unreadable or lies
+    outside `root` (then it is never opened)."""
+    if view.path is None or not is_within(view.path, [root]):
+        return None
+    path = Path(view.path)
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    return _thumbnail_png(str(path.resolve()), mtime, tuple(tuple(b) for b in view.boxes))
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _thumbnail_png(path: str, mtime: float, boxes: tuple, size: int = 160) -> bytes | None:
+    """The cached thumbnail of one image file (`mtime` in the key, so a changed file is re-read)."""
+    from mura_core.imaging.decode import DecodeError, decode_view
+    from mura_core.app.views import draw_boxes, thumbnail, to_png_bytes
+
+    try:
+        decoded = decode_view(View(Path(path).name, Path(path)))
+    except (DecodeError, OSError):
+        return None
+    small = draw_boxes(thumbnail(decoded.pixels, size), boxes)
+    canvas = thumbnail(small, size, square=True)
+    return to_png_bytes(canvas)
+
+
+# ------------------------------------------------------------------------------------------------
+# explanation methods and studies
+# ------------------------------------------------------------------------------------------------
+
+def cam_methods(model: str | None) -> tuple[list[str], str]:
+    """The heat-map methods the model supports (SCORE's order) and its default one.
+
+    Without a loadable model: every method and `FALLBACK_CAM` (works on every architecture), so the
+    sidebar still renders.
+    """
+    if model is not None:
+        try:
+            predictor = get_predictor(model)
+            return list(predictor.cam_methods()), str(predictor.default_cam)
+        except Exception:  # the page reports the load error where it scores
+            pass
+    from mura_core.explain.cams import CAM_METHODS, FALLBACK_CAM
+
+    return list(CAM_METHODS), FALLBACK_CAM
+
+
+def overlay_fn() -> Any:
+    """SCORE's `explain.overlay(image, heatmap, colormap=..., alpha=...)`."""
+    from mura_core.explain.cams import overlay
+
+    return overlay
+
+
+def study_from_files(files: list[tuple[str, bytes]], body_part: str | None) -> Study:
+    """DATA's `study_from_uploads`: in-memory views, body part from the user or DICOM."""
+    from mura_core.data.uploads import study_from_uploads
+
+    return study_from_uploads(files, body_part=body_part)
+
+
+def remember_root(path: str | Path) -> None:
+    """Record a data folder the user typed in this session, so links into it may be opened."""
+    roots = st.session_state.setdefault(ROOTS_KEY, [])
+    text = str(Path(path).expanduser().resolve())
+    if text not in roots:
+        roots.append(text)
+
+
+def allowed_roots() -> list[Path]:
+    """Configured data roots (default, MURA_DATA) plus the folders this session typed."""
+    roots = configured_roots()
+    for text in st.session_state.get(ROOTS_KEY, []):
+        roots += [r for r in configured_roots(text) if r not in roots]
+    return roots
+
+
+@dataclass(frozen=True)
+class LinkedStudy:
+    """The study named by the page's query parameters (`data`, `study`), or why it cannot be opened."""
+
+    study: Study | None = None
+    error: str | None = None
+    data: str | None = None
+
+
+def linked_study() -> LinkedStudy:
+    """Open the study linked by ``?data=<folder or manifest>&study=<study id>`` (from the browser).
+
+    The data path must lie inside an allowed root and every view inside that root; views that
+    escape it are dropped and named in the error. No query parameters -> an empty LinkedStudy.
+    """
+    params = st.query_params
+    study_id = params.get("study")
+    if not study_id:
+        return LinkedStudy()
+    data = params.get("data") or (str(default_data_root()) if default_data_root() else None)
+    if not data:
+        return LinkedStudy(error="The link names a study but no data folder.")
+    roots = allowed_roots()
+    if not is_within(data, roots):
+        return LinkedStudy(error=f"{data} is not inside a configured data folder; open it from the "
+                                 "Dataset browser first (or set MURA_DATA).", data=data)
+    try:
+        index = open_dataset_cached(str(Path(data).expanduser().resolve()))
+    except Exception as exc:
+        return LinkedStudy(error=f"The data at {data} could not be read: {exc}", data=data)
+    found = find_study(index, study_id)
+    if found is None:
+        return LinkedStudy(error=f"No study {study_id!r} in {data}.", data=data)
+    root = root_for(data, roots) or Path(data)
+    safe, refused = safe_study(found, root)
+    return LinkedStudy(safe, "; ".join(refused) or None, data)
+
+
+def close_linked_study() -> None:
+    """Forget the linked study (clears the query parameters)."""
+    st.query_params.clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# model facts and browser predictions
+# ------------------------------------------------------------------------------------------------
+
+def model_card(name: str | None) -> Any:
+    """The ModelCard of a model (an ensemble: its first member's), None when there is no model."""
+    if name is None:
+        return None
+    return loaded_models(name)[0].card
+
+
+def model_thresholds(name: str | None) -> dict[str, float]:
+    """The model card's thresholds (body part -> threshold; "default" always present)."""
+    try:
+        card = model_card(name)
+    except Exception:
+        card = None
+    return dict(getattr(card, "thresholds", None) or {"default": 0.5})
+
+
+def report_for_model(name: str | None) -> ReportRef | None:
+    """The evaluate report shipped for this model (``<weights folder>/<name>.report/``), or None."""
+    return shipped_report(name, weights_folder())
+
+
+def model_report(name: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The shipped evaluate report of a model (None when there is none) and where it lives, in words.
+
+    Home, the Model card and the Validation page quote this report: one source for every figure.
+    """
+    ref = report_for_model(name)
+    if ref is None:
+        return None, f"no evaluate report in {weights_folder()}/{name}.report"
+    try:
+        report, _ = load_report_cached(str(ref.report))
+    except Exception as exc:  # an unreadable report is reported, never raised into a page
+        return None, f"{ref.report} could not be read ({exc})"
+    return report, f"{ref.report.parent.name}/{ref.report.name}"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _read_predictions_cached(path: str, mtime: float) -> list[StudyPrediction]:
+    return read_predictions(path)
+
+
+_SCORES_KEY = "browser_scores"
+
+
+def browser_probabilities(model: str | None, data: str, studies: list[Study]) -> tuple[dict[str, float], str]:
+    """study_id -> probability for this data and model, and where they came from (in words).
+
+    The shipped predictions.csv of the model is used when at least 90% of its rows name studies of
+    this data with the same label; studies scored on demand in this session are added on top.
+    """
+    if model is None:
+        return {}, "no model"
+    probs: dict[str, float] = {}
+    sources = []
+    ref = report_for_model(model)
+    if ref is not None and ref.predictions is not None:
+        try:
+            preds = _read_predictions_cached(str(ref.predictions), ref.predictions.stat().st_mtime)
+        except (OSError, ValueError):
+            preds = []
+        if preds and predictions_match(preds, studies) >= 0.9:
+            probs.update({p.study_id: p.probability for p in preds if p.probability is not None})
+            sources.append(f"{model}'s evaluation ({ref.predictions.name}, {len(probs)} studies)")
+    computed = st.session_state.get(_SCORES_KEY, {}).get((model, data), {})
+    if computed:
+        probs.update(computed)
+        sources.append(f"scored here ({len(computed)} studies)")
+    return probs, " + ".join(sources) or "none"
+
+
+def score_for_browser(model: str, data: str, studies: list[Study], root: Path,
+                      progress: Any = None) -> dict[str, float]:
+    """Score studies without heat maps (views inside `root` only) and remember their probabilities
+    in this session."""
+    store = st.session_state.setdefault(_SCORES_KEY, {}).setdefault((model, data), {})
+    for i, study in enumerate(studies, start=1):
+        safe, _ = safe_study(study, root)
+        if safe.views:
+            try:  # scores only, straight from the Predictor: a batch must not evict the viewer's cache
+                result = get_predictor(model).predict_study(safe, body_part=safe.body_part, cam=None)
+                if result.probability is not None:
+                    store[study.study_id] = float(result.probability)
+            except Exception:  # one bad study must not stop the batch
+                pass
+        if progress is not None:
+            progress(i, len(studies))
+    return store
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=8, ttl=600)
+def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPrediction]]:
+    """An evaluate report.json and its predictions.csv (cached for 10 minutes)."""
+    path = Path(report_path)
+    refs = [r for r in find_reports([path.parent], max_depth=0) if r.report == path]
+    ref = refs[0] if refs else ReportRef(path.parent.name, path.parent, path, None)
+    return load_report(ref)
+
+
+def report_thresholds(report: dict[str, Any], name: str) -> dict[str, float]:
+    """The thresholds the report was computed at, else the model card's when the model is known."""
+    found = thresholds_of(report)
+    if set(found) == {"default"} and name in available_models().names:
+        return model_thresholds(name)
+    return found
+
+
+_EVAL_KEY = "evaluations"
+
+
+def run_evaluation(model: str, data: str, split: str | None, progress: Any = None) -> list[StudyPrediction]:
+    """Score every study of a data split (inside configured roots) and keep the study predictions
+    in this session; returns them."""
+    resolved = Path(data).expanduser().resolve()
+    remember_root(resolved)
+    if not is_within(resolved, allowed_roots()):
+        raise ValueError(f"{data} is not inside a configured data folder")
+    index = open_dataset_cached(str(resolved))
+    studies = [s for s in index.studies if split is None or s.split == split]
+    if not studies:
+        raise ValueError(f"no studies in split {split!r} of {data}")
+    root = resolved if resolved.is_dir() else resolved.parent
+    probs = score_for_browser(model, str(resolved), studies, root, progress)
+    out = [StudyPrediction(s.study_id, BodyPart.parse(getattr(s.body_part, "value", s.body_part)).value,
+                           s.label, probs.get(s.study_id), s.split) for s in studies]
+    st.session_state.setdefault(_EVAL_KEY, {})[_evaluation_key(model, data, split)] = out
+    return out
+
+
+def _evaluation_key(model: str, data: str, split: str | None) -> tuple[str, str, str]:
+    """Where `run_evaluation` keeps a run: (model, resolved data path, split or "all")."""
+    resolved = str(Path(data).expanduser().resolve()) if str(data).strip() else ""
+    return model, resolved, split or "all"
+
+
+def evaluation_results(model: str, data: str, split: str | None) -> list[StudyPrediction]:
+    """Predictions of an evaluation run in this session for this model, data path and split (None: all)."""
+    return st.session_state.get(_EVAL_KEY, {}).get(_evaluation_key(model, data, split), [])
+
+
+def card_markdown(name: str) -> str:
+    """The model card as markdown (an ensemble: each member's), its metrics quoted from the shipped report."""
+    from mura_core.evaluation.reports import metrics_markdown
+    from mura_core.models.checkpoints import render_card_markdown
+
+    report, source = model_report(name)
+    section = (metrics_markdown(report, source) if report is not None else
+               f"## Metrics\n\nNo evaluate report ships with these weights ({source}); run "
+               "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
+    return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)
+                                 for m in loaded_models(name))

@@ -1,0 +1,79 @@
+"""Per-session widget state: each page declares its own kept widgets and their starting values.
+
+Streamlit forgets the value of a widget that was not drawn in a run, so a page's choices would be lost
+when the user visits another page. A page calls `keep(...)` with its widget keys (and starting values)
+before drawing them; app.py calls `keep_widget_state()` on every run, which re-stores every key any page
+has declared in this session. Starting values go into session state, never into the widget call (a
+widget given a value AND set through the Session State API makes Streamlit warn).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import streamlit as st
+
+__all__ = [
+    "clamp_choice",
+    "declared_keys",
+    "dicom_window_default",
+    "drop_invalid_choice",
+    "keep",
+    "keep_widget_state",
+    "remember_dicom_window",
+]
+
+_DECLARED_KEY = "kept_widget_keys"
+"""Session-state key listing every widget key a page of this session declared as kept."""
+
+_WINDOW_KEY = "viewer_dicom_window"
+
+
+def keep(*keys: str, defaults: Mapping[str, Any] | None = None) -> None:
+    """Declare this page's kept widgets; `defaults` gives starting values (set once, in session state)."""
+    declared = st.session_state.setdefault(_DECLARED_KEY, [])
+    for key in (*keys, *(defaults or {})):
+        if key not in declared:
+            declared.append(key)
+    for key, value in (defaults or {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def declared_keys() -> tuple[str, ...]:
+    """The widget keys declared as kept in this session so far."""
+    return tuple(st.session_state.get(_DECLARED_KEY, ()))
+
+
+def keep_widget_state() -> None:
+    """Keep every declared widget's value across pages (re-store it before the page runs)."""
+    for key in declared_keys():
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def drop_invalid_choice(key: str, options: list[Any]) -> None:
+    """Forget a kept selectbox value that is not among the current options (e.g. after a model change)."""
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
+
+
+def clamp_choice(key: str, low: int, high: int) -> None:
+    """Bring a kept number input back inside [low, high] (e.g. the page number after a filter change)."""
+    value = st.session_state.get(key)
+    if isinstance(value, (int, float)) and not low <= value <= high:
+        st.session_state[key] = min(max(int(value), low), high)
+
+
+def remember_dicom_window(result: Any) -> None:
+    """Keep the first DICOM window of a scored study, to start the window/level inputs from it."""
+    for view in getattr(result, "views", []):
+        window = getattr(getattr(view, "meta", None), "window", None)
+        if window:
+            st.session_state[_WINDOW_KEY] = (float(window[0]), float(window[1]))
+            return
+
+
+def dicom_window_default() -> tuple[float, float]:
+    """The window/level inputs' starting values: the last DICOM's own window, else a 12-bit full range."""
+    return st.session_state.get(_WINDOW_KEY, (2048.0, 4096.0))

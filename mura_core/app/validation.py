@@ -1,0 +1,325 @@
+"""Validation-page helpers: recompute operating points from a report's predictions, build the figures.
+
+Everything the threshold slider changes is recomputed from the report's ``predictions.csv`` with
+SCORE's `metrics` (no model run): confusion matrices per body part, the metrics table with
+bootstrap 95% intervals, the operating points on the ROC curves. Figures are plotly objects so the
+page only calls ``st.plotly_chart``.
+
+The MURA paper's kappas are shown beside ours for orientation only: the paper's test set (207
+studies, gold standard = majority of three radiologists) is not our validation split.
+
+Example:
+    >>> counts = confusion_by_body_part([StudyPrediction("s1", "WRIST", 1, 0.9)], {"default": 0.5})
+    >>> counts["WRIST"]
+    {'tn': 0, 'fp': 0, 'fn': 0, 'tp': 1}
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mura_core.data.studies import BodyPart
+from mura_core.evaluation import metrics
+from mura_core.evaluation.reports import StudyPrediction
+
+__all__ = [
+    "MURA_PAPER_KAPPA",
+    "MURA_PAPER_SOURCE",
+    "SPLITS_DIFFER_NOTE",
+    "row_thresholds",
+    "confusion_by_body_part",
+    "metrics_table",
+    "kappa_comparison",
+    "pointing_game_rows",
+    "kappas_by_body_part",
+    "describe_report",
+    "confusion_figure",
+    "single_class_parts",
+    "roc_figure",
+    "calibration_points",
+    "calibration_figure",
+]
+
+MURA_PAPER_SOURCE = (
+    "MURA paper (Rajpurkar et al. 2017, arXiv:1712.06957), Table 1: Cohen's kappa against the "
+    "majority of three radiologists; best of radiologists 1–3, and the paper's DenseNet-169"
+)
+MURA_PAPER_KAPPA: dict[str, tuple[float, float]] = {
+    "ELBOW": (0.850, 0.710),
+    "FINGER": (0.410, 0.389),
+    "FOREARM": (0.802, 0.737),
+    "HAND": (0.927, 0.851),
+    "HUMERUS": (0.933, 0.600),
+    "SHOULDER": (0.864, 0.729),
+    "WRIST": (0.931, 0.931),
+    "overall": (0.778, 0.705),
+}
+"""Body part -> (best radiologist kappa, paper model kappa) from the MURA paper's Table 1."""
+
+SPLITS_DIFFER_NOTE = (
+    "The paper's numbers are on MURA's own 207-study test set with a radiologist gold standard; "
+    "ours are on this project's validation split with its labels. The data, labels and splits "
+    "differ, so compare the order of magnitude, not the decimals."
+)
+
+def _scored(predictions: Sequence[StudyPrediction]) -> list[StudyPrediction]:
+    return [p for p in predictions if p.probability is not None and p.label in (0, 1)]
+
+
+def row_thresholds(predictions: Sequence[StudyPrediction],
+                   thresholds: Mapping[str, float] | float) -> np.ndarray:
+    """Each prediction's threshold: one value for all, or the card's per-body-part thresholds."""
+    if not isinstance(thresholds, Mapping):
+        return np.full(len(predictions), float(thresholds))
+    return np.asarray([metrics.threshold_for(thresholds, p.body_part) for p in predictions], dtype=float)
+
+
+def confusion_by_body_part(predictions: Sequence[StudyPrediction],
+                           thresholds: Mapping[str, float] | float) -> dict[str, dict[str, int]]:
+    """``{part: {tn, fp, fn, tp}}`` per body part present, plus ``"overall"``, at the given threshold(s)."""
+    rows = _scored(predictions)
+    t = row_thresholds(rows, thresholds)
+    labels = np.asarray([p.label for p in rows], dtype=int)
+    decided = (np.asarray([p.probability for p in rows], dtype=float) >= t).astype(int)
+    parts = [p.body_part for p in rows]
+    out: dict[str, dict[str, int]] = {}
+    for part in _ordered_parts(parts):
+        mask = np.asarray([q == part for q in parts], dtype=bool)
+        out[part] = metrics.confusion_counts(labels[mask], decided[mask])
+    out["overall"] = metrics.confusion_counts(labels, decided)
+    return out
+
+
+def _ordered_parts(parts: Sequence[str]) -> list[str]:
+    present = set(parts)
+    return [b.value for b in BodyPart if b.value in present]
+
+
+def metrics_table(predictions: Sequence[StudyPrediction], thresholds: Mapping[str, float] | float,
+                  *, n_bootstrap: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per body part plus "overall": n, threshold, and each metric with its 95% interval.
+
+    Computed with SCORE's `metrics.grouped_metrics` (percentile bootstrap, seeded) so the numbers
+    equal the report's at the report's thresholds. Kappa is shown undefined (—) for a body part whose
+    studies are all of one class.
+    """
+    rows = _scored(predictions)
+    if not rows:
+        return []
+    grouped = metrics.grouped_metrics(
+        [p.label for p in rows], [p.probability for p in rows], [p.body_part for p in rows],
+        thresholds if isinstance(thresholds, Mapping) else float(thresholds),
+        n_bootstrap=n_bootstrap, seed=seed,
+    )
+    table = []
+    order = _ordered_parts(list(grouped["by_body_part"])) + ["overall"]
+    one_class = set(single_class_parts(rows))
+    for part in order:
+        m = dict(grouped["overall"] if part == "overall" else grouped["by_body_part"][part])
+        if part in one_class:  # agreement with a constant truth is not informative: show it as undefined
+            m["kappa"] = None
+        row: dict[str, Any] = {"body part": part, "n": m["n"], "abnormal": m["n_abnormal"]}
+        if part != "overall":
+            row["threshold"] = round(m["threshold"], 3)
+        for name in ("auc", "kappa", "sensitivity", "specificity", "accuracy"):
+            row[name] = _with_interval(m.get(name), (m.get("ci") or {}).get(name))
+        table.append(row)
+    return table
+
+
+def _with_interval(value: float | None, ci: Sequence[float] | None) -> str:
+    """'0.912 (0.870–0.950)', '0.912' without interval, '—' when undefined."""
+    if value is None:
+        return "—"
+    if not ci:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({ci[0]:.3f}–{ci[1]:.3f})"
+
+
+def kappas_by_body_part(predictions: Sequence[StudyPrediction],
+                        thresholds: Mapping[str, float] | float) -> dict[str, float | None]:
+    """Cohen's kappa per body part and ``"overall"`` at the given threshold(s) (no bootstrap).
+
+    A body part whose studies are all of one class gets None: agreement with a constant truth says
+    nothing comparable to the paper's kappas.
+    """
+    rows = _scored(predictions)
+    if not rows:
+        return {}
+    grouped = metrics.grouped_metrics(
+        [p.label for p in rows], [p.probability for p in rows], [p.body_part for p in rows],
+        thresholds if isinstance(thresholds, Mapping) else float(thresholds), n_bootstrap=0)
+    one_class = set(single_class_parts(rows))
+    out = {part: None if part in one_class else m["kappa"] for part, m in grouped["by_body_part"].items()}
+    out["overall"] = grouped["overall"]["kappa"]
+    return out
+
+
+def describe_report(report: Mapping[str, Any]) -> str:
+    """A one-line description of an evaluate report: model, data, split, when (whatever it records)."""
+    bits = []
+    for key in ("model", "model_name", "data", "dataset", "split", "created", "n_studies"):
+        value = report.get(key)
+        if isinstance(value, Mapping):
+            value = value.get("name")
+        if value not in (None, "", [], {}):
+            bits.append(f"{key.replace('_', ' ')}: {value}")
+    return "; ".join(bits) or "evaluation report"
+
+
+def pointing_game_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's pointing game (heat-map peak inside a ground-truth box) as table rows, [] if none."""
+    game = report.get("pointing_game") or {}
+    rows = []
+    for method, summary in (game.get("methods") or {}).items():
+        if not isinstance(summary, Mapping):
+            continue
+        rate, ci = summary.get("hit_rate"), summary.get("ci95")
+        rows.append({
+            "heat-map method": method,
+            "images with boxes": summary.get("n"),
+            "peak inside a box": _with_interval(rate, ci if isinstance(ci, (list, tuple)) else None),
+            "image-centre baseline": None if summary.get("centre_baseline") is None
+            else round(float(summary["centre_baseline"]), 3),
+            "random-point baseline": None if summary.get("random_baseline") is None
+            else round(float(summary["random_baseline"]), 3),
+        })
+    return rows
+
+
+def kappa_comparison(our_kappas: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    """Rows body part -> paper's best radiologist, paper's model, ours (None when we lack the part)."""
+    rows = []
+    for part, (radiologist, model) in MURA_PAPER_KAPPA.items():
+        ours = our_kappas.get(part)
+        rows.append({
+            "body part": part,
+            "radiologist (best, paper)": radiologist,
+            "model (paper)": model,
+            "this model": None if ours is None else round(float(ours), 3),
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# figures (plotly)
+# ----------------------------------------------------------------------------------------------
+
+def confusion_figure(counts: Mapping[str, Mapping[str, int]], columns: int = 4) -> Any:
+    """A grid of 2x2 confusion matrices, overall first then one per body part, counts in the cells.
+
+    Rows are the truth (normal, abnormal), columns the model's call at the chosen threshold(s).
+    """
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    parts = (["overall"] if "overall" in counts else []) + [p for p in counts if p != "overall"]
+    rows = max(1, -(-len(parts) // columns))
+    titles = [f"{'Overall' if p == 'overall' else p.title()} (n={sum(counts[p].values())})" for p in parts]
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles,
+                        horizontal_spacing=0.05, vertical_spacing=0.22 if rows > 1 else 0.1)
+    for i, part in enumerate(parts):
+        c = counts[part]
+        z = [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
+        row, col = i // columns + 1, i % columns + 1
+        fig.add_trace(go.Heatmap(
+            z=z, x=["normal", "abnormal"], y=["normal", "abnormal"],
+            text=[[f"TN {z[0][0]}", f"FP {z[0][1]}"], [f"FN {z[1][0]}", f"TP {z[1][1]}"]],
+            texttemplate="%{text}", colorscale="Blues", showscale=False,
+            hovertemplate="truth %{y}, called %{x}: %{z}<extra></extra>",
+        ), row=row, col=col)
+        fig.update_xaxes(title_text="model's call", title_standoff=4, row=row, col=col)
+        fig.update_yaxes(title_text="truth" if col == 1 else None, showticklabels=col == 1,
+                         autorange="reversed", row=row, col=col)
+    fig.update_layout(height=250 * rows + 20, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def single_class_parts(predictions: Sequence[StudyPrediction]) -> list[str]:
+    """Body parts whose scored studies are all normal or all abnormal (per-part AUC/kappa undefined)."""
+    rows = _scored(predictions)
+    out = []
+    for part in _ordered_parts([p.body_part for p in rows]):
+        labels = {p.label for p in rows if p.body_part == part}
+        if len(labels) < 2:
+            out.append(part)
+    return out
+
+
+def roc_figure(predictions: Sequence[StudyPrediction], thresholds: Mapping[str, float] | float) -> Any:
+    """ROC curves per body part (and overall) with each one's operating point at its threshold."""
+    import plotly.graph_objects as go
+
+    rows = _scored(predictions)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                             name="chance", hoverinfo="skip"))
+    from plotly.colors import qualitative
+
+    parts = _ordered_parts([p.body_part for p in rows]) + ["overall"]
+    palette = qualitative.Plotly
+    for k, part in enumerate(parts):
+        colour = "black" if part == "overall" else palette[k % len(palette)]
+        sub = rows if part == "overall" else [p for p in rows if p.body_part == part]
+        labels = [p.label for p in sub]
+        probs = [p.probability for p in sub]
+        curve = metrics.roc_points(labels, probs) if sub else None
+        if curve is None:
+            continue
+        auc = metrics.binary_metrics(labels, probs, 0.5, n_bootstrap=0)["auc"]
+        width = 3 if part == "overall" else 1.5
+        trace = go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", line=dict(width=width, color=colour),
+                           name=f"{part.title() if part != 'overall' else 'Overall'} (AUC {auc:.2f})")
+        fig.add_trace(trace)
+        t = row_thresholds(sub, thresholds)
+        c = metrics.confusion_counts(labels, (np.asarray(probs) >= t).astype(int))
+        fpr = c["fp"] / max(1, c["fp"] + c["tn"])
+        tpr = c["tp"] / max(1, c["tp"] + c["fn"])
+        fig.add_trace(go.Scatter(x=[fpr], y=[tpr], mode="markers", showlegend=False,
+                                 marker=dict(size=11 if part == "overall" else 8, symbol="circle",
+                                             color=colour, line=dict(width=1, color="white")),
+                                 name=f"{part} operating point",
+                                 hovertemplate=f"{part}: sensitivity %{{y:.2f}}, 1-specificity %{{x:.2f}}"
+                                               "<extra></extra>"))
+    fig.update_layout(xaxis_title="1 − specificity (false-positive rate)",
+                      yaxis_title="sensitivity (true-positive rate)", height=480,
+                      margin=dict(l=10, r=10, t=30, b=10), xaxis=dict(range=[0, 1]),
+                      yaxis=dict(range=[0, 1.02]))
+    return fig
+
+
+def calibration_points(predictions: Sequence[StudyPrediction], n_bins: int = 10
+                       ) -> tuple[list[float], list[float]] | None:
+    """Reliability curve: (mean predicted probability, observed abnormal fraction) per equal-width bin
+    (empty bins left out); None without both classes."""
+    from sklearn.calibration import calibration_curve
+
+    rows = _scored(predictions)
+    labels = [p.label for p in rows]
+    if len(set(labels)) < 2:
+        return None
+    frac_pos, mean_pred = calibration_curve(labels, [p.probability for p in rows], n_bins=n_bins,
+                                            strategy="uniform")
+    return mean_pred.tolist(), frac_pos.tolist()
+
+
+def calibration_figure(predictions: Sequence[StudyPrediction], n_bins: int = 10) -> Any:
+    """Reliability diagram with the perfect-calibration diagonal and a histogram of the scores."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                             name="perfectly calibrated", hoverinfo="skip"))
+    points = calibration_points(predictions, n_bins)
+    if points is not None:
+        fig.add_trace(go.Scatter(x=points[0], y=points[1], mode="lines+markers", name="this model"))
+    probs = [p.probability for p in _scored(predictions)]
+    fig.add_trace(go.Histogram(x=probs, xbins=dict(start=0, end=1, size=1 / n_bins), yaxis="y2",
+                               name="studies per bin", opacity=0.25, marker_color="grey"))
+    fig.update_layout(xaxis_title="mean predicted probability", yaxis_title="observed fraction abnormal",
+                      yaxis=dict(range=[0, 1.02]), xaxis=dict(range=[0, 1]),
+                      yaxis2=dict(overlaying="y", side="right", showgrid=False, title="studies"),
+                      height=420, margin=dict(l=10, r=10, t=30, b=10), legend=dict(x=0.01, y=0.99))
+    return fig

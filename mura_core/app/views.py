@@ -1,0 +1,407 @@
+"""View helpers for the pages: study text, tables, panels and the scored-study cache (no Streamlit needed).
+
+The pages only arrange widgets; everything they display about a scored study is built here from
+SCORE's `StudyResult` (duck-typed, so this module can be tested with plain objects):
+the study summary sentence, the per-view results table, the image/overlay pair (zoomed and with
+ground-truth boxes), PNG bytes for display, a short model-card summary, and a small thread-safe
+LRU that caches scored studies by image hash so that changing opacity, colour map or zoom never
+re-runs the model.
+
+Example:
+    >>> key = score_key("densenet169", [b"abc"], ["a.png"], body_part="WRIST", cam="gradcam")
+    >>> cache = ResultCache(max_entries=2); cache.put(key, "result"); cache.get(key)
+    'result'
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mura_core.data.studies import BodyPart, Box, Study
+
+__all__ = [
+    "DISCLAIMER",
+    "BOX_COLOUR",
+    "ResultCache",
+    "result_nbytes",
+    "with_body_part",
+    "ScoreKey",
+    "image_sha256",
+    "score_key",
+    "study_summary",
+    "decision_label",
+    "results_table",
+    "to_uint8",
+    "to_png_bytes",
+    "zoom_crop",
+    "draw_boxes",
+    "thumbnail",
+    "view_panels",
+    "card_summary",
+    "meta_rows",
+    "format_probability",
+]
+
+DISCLAIMER = (
+    "This is a **second-reader and teaching aid**, not a diagnostic device. Its scores come from "
+    "models trained on small public data sets; they can be wrong, and the heat maps show where the "
+    "model looked, not where a finding is. Every study needs a qualified reader."
+)
+"""What the tool is and is not, shown on the home page and under every result."""
+
+BOX_COLOUR: tuple[int, int, int] = (255, 0, 255)
+"""Ground-truth boxes are drawn in magenta: visible on grey film and on every offered colour map."""
+
+# ----------------------------------------------------------------------------------------------
+# caching scored studies
+# ----------------------------------------------------------------------------------------------
+
+def image_sha256(data: bytes) -> str:
+    """Hex sha256 of a file's bytes: the identity of an image for caching."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreKey:
+    """Everything that changes a scored study: images (by hash), model and explanation settings.
+
+    Display settings (opacity, colour map, zoom) are deliberately absent: they never re-run the model.
+    """
+
+    model: str
+    images: tuple[tuple[str, str], ...]
+    """(name, sha256) per view, in order."""
+    body_part: str
+    cam: str | None
+    target: str
+    tta: bool
+    window: tuple[float, float] | None
+
+
+def score_key(
+    model: str,
+    datas: Sequence[bytes | None],
+    names: Sequence[str],
+    *,
+    body_part: BodyPart | str | None = None,
+    cam: str | None = None,
+    target: str = "abnormal",
+    tta: bool = False,
+    window: tuple[float, float] | None = None,
+) -> ScoreKey:
+    """The cache key of one scoring request; a view without bytes is keyed by its name only."""
+    images = tuple(
+        (str(name), image_sha256(data) if data is not None else "unreadable")
+        for name, data in zip(names, datas, strict=True)
+    )
+    part = BodyPart.parse(getattr(body_part, "value", body_part)).value
+    win = None if window is None else (float(window[0]), float(window[1]))
+    return ScoreKey(str(model), images, part, cam, str(target), bool(tta), win)
+
+
+def result_nbytes(result: Any) -> int:
+    """Bytes held by a scored study's arrays (decoded images and heat maps of its views)."""
+    total = 0
+    for view in getattr(result, "views", []) or []:
+        for attr in ("image", "heatmap"):
+            arr = getattr(view, attr, None)
+            total += int(getattr(arr, "nbytes", 0) or 0)
+    return total
+
+
+class ResultCache:
+    """A thread-safe least-recently-used map from `ScoreKey` to a scored study.
+
+    Shared by every browser session of one server process; values must be treated as read-only.
+    Bounded by entry count and by the bytes its values hold (`sizeof`, default `result_nbytes`), so
+    a few huge DICOMs cannot exhaust memory. `hits` and `misses` count lookups (the tests use them
+    to prove the model is not re-run).
+    """
+
+    def __init__(self, max_entries: int = 32, max_bytes: int = 512 * 1024 * 1024,
+                 sizeof: Any = result_nbytes) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes)
+        self._sizeof = sizeof
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> Any | None:
+        """The cached value (marked most recently used), or None."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key][0]
+            self.misses += 1
+            return None
+
+    def put(self, key: Any, value: Any) -> None:
+        """Store a value, evicting least recently used entries beyond the count or byte budget.
+
+        The newest entry is always kept, even when it alone exceeds the byte budget.
+        """
+        size = int(self._sizeof(value))
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while len(self._items) > 1 and (len(self._items) > self.max_entries or self._bytes > self.max_bytes):
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes currently held (as measured by `sizeof`)."""
+        with self._lock:
+            return self._bytes
+
+    def clear(self) -> None:
+        """Forget every entry (and release the images they hold)."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+def with_body_part(study: Study, body_part: BodyPart | str) -> Study:
+    """The same study with the body part the user chose (it picks the decision threshold)."""
+    return dataclasses.replace(study, body_part=BodyPart.parse(getattr(body_part, "value", body_part)))
+
+
+# ----------------------------------------------------------------------------------------------
+# text and tables
+# ----------------------------------------------------------------------------------------------
+
+def format_probability(p: float | None) -> str:
+    """A probability as a percentage with one decimal, or an em dash when missing."""
+    return "—" if p is None else f"{100.0 * float(p):.1f}%"
+
+
+def decision_label(result: Any) -> str:
+    """'Abnormal', 'Normal' or 'Not scored' for a StudyResult."""
+    if getattr(result, "probability", None) is None or getattr(result, "abnormal", None) is None:
+        return "Not scored"
+    return "Abnormal" if result.abnormal else "Normal"
+
+
+def _part_name(part: Any) -> str:
+    value = getattr(part, "value", part)
+    return str(value) if value else BodyPart.UNKNOWN.value
+
+
+def study_summary(result: Any) -> str:
+    """One or two sentences a reader can act on: decision, probability vs threshold, driving view.
+
+    Works on SCORE's StudyResult (fields probability, threshold, abnormal, body_part, aggregate,
+    views, driving_view).
+    """
+    views = list(getattr(result, "views", []) or [])
+    n_ok = sum(1 for v in views if getattr(v, "probability", None) is not None)
+    n_bad = len(views) - n_ok
+    if result.probability is None:
+        return (f"No view could be scored ({n_bad} unreadable file{'s' if n_bad != 1 else ''}); "
+                "there is no study result.")
+    part = _part_name(result.body_part)
+    part_text = "the default" if part == BodyPart.UNKNOWN.value else f"the {part.lower()}"
+    relation = "at or above" if result.abnormal else "below"
+    text = (f"**{decision_label(result)}**: study probability {format_probability(result.probability)} "
+            f"({getattr(result, 'aggregate', 'mean')} of {n_ok} view{'s' if n_ok != 1 else ''}) is "
+            f"{relation} {part_text} threshold {format_probability(result.threshold)}.")
+    index = getattr(result, "driving_view", None)
+    if index is not None and 0 <= index < len(views):
+        view = views[index]
+        text += (f" The view that drove it: **{view.name}** "
+                 f"({format_probability(view.probability)}).")
+    if n_bad:
+        text += f" {n_bad} file{'s were' if n_bad != 1 else ' was'} unreadable and left out."
+    return text
+
+
+def results_table(result: Any) -> list[dict[str, Any]]:
+    """One row per view: name, probability (%), whether it drove the study, heat-map peak, status."""
+    rows = []
+    for i, view in enumerate(getattr(result, "views", []) or []):
+        peak = getattr(view, "peak", None)
+        error = getattr(view, "error", None)
+        rows.append({
+            "view": view.name,
+            "probability": None if view.probability is None else round(100.0 * float(view.probability), 1),
+            "drives study": i == getattr(result, "driving_view", None),
+            "heat-map peak (x, y)": "" if peak is None else f"({peak[0]:.2f}, {peak[1]:.2f})",
+            "status": "ok" if error is None else f"unreadable: {error}",
+        })
+    return rows
+
+
+_META_FIELDS = (
+    ("format", "Format"), ("width", "Width (px)"), ("height", "Height (px)"), ("modality", "Modality"),
+    ("body_part", "Body part (file)"), ("view_position", "View position"),
+    ("pixel_spacing", "Pixel spacing (mm)"), ("photometric", "Photometric"), ("bits_stored", "Bits stored"),
+    ("window", "Window (centre, width)"),
+)
+
+
+def meta_rows(meta: Any) -> list[tuple[str, str]]:
+    """Technical, non-identifying image facts (ImageMeta) as (label, text) pairs; empty fields left out."""
+    if meta is None:
+        return []
+    rows = []
+    for attr, label in _META_FIELDS:
+        value = getattr(meta, attr, None)
+        if value is None or value == "" or value == ():
+            continue
+        if isinstance(value, (tuple, list)):
+            value = ", ".join(f"{float(v):g}" if isinstance(v, (int, float)) else str(v) for v in value)
+        rows.append((label, str(value)))
+    return rows
+
+
+def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card") -> str:
+    """A few markdown lines about a ModelCard: name, architecture, input size, data, key figures, threshold.
+
+    `figures` are the metrics to quote (the app passes the shipped evaluate report's, with `source` naming
+    it); without them the card's own metrics are quoted and labelled as the card's.
+    """
+    if card is None:
+        return "No model card."
+    lines = [f"**{card.name}** — architecture `{card.arch}`, input {card.image_size} px."]
+    data = getattr(card, "training_data", None)
+    if data:
+        lines.append(f"Trained on: {str(data).rstrip('. ')}.")
+    if figures is None:
+        metrics = getattr(card, "metrics", None) or {}
+        figures = metrics.get("overall", metrics) if isinstance(metrics, dict) else {}
+    shown = [f"{key} {figures[key]:.3f}" for key in ("auc", "kappa", "sensitivity", "specificity")
+             if isinstance(figures.get(key), (int, float))]
+    lines.append(f"Validation ({source}): " + ", ".join(shown) + "." if shown
+                 else f"No validation figures ({source}).")
+    thresholds = getattr(card, "thresholds", None) or {}
+    if "default" in thresholds:
+        lines.append(f"Default threshold {format_probability(thresholds['default'])}"
+                     f" ({len(thresholds) - 1} body-part specific).")
+    return "  \n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+# ----------------------------------------------------------------------------------------------
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A 0..1 float image (2-D grey or H x W x 3) or a uint8 one as uint8, same shape."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr
+    return (np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_png_bytes(image: np.ndarray) -> bytes:
+    """PNG bytes of a grey (H, W) or RGB (H, W, 3) image (float 0..1 or uint8), kept in memory."""
+    arr = to_uint8(image)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return buf.tobytes()
+
+
+def zoom_crop(image: np.ndarray, zoom: float, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """The part of `image` seen at magnification `zoom` around `centre` (x, y in 0..1).
+
+    The window keeps the aspect ratio, has side 1/zoom of the image and is shifted to stay inside it;
+    zoom <= 1 returns the image unchanged.
+    """
+    if zoom <= 1.0:
+        return image
+    h, w = image.shape[:2]
+    cx, cy = centre if centre is not None else (0.5, 0.5)
+    ch, cw = max(1, int(round(h / zoom))), max(1, int(round(w / zoom)))
+    y0 = int(round(cy * h - ch / 2))
+    x0 = int(round(cx * w - cw / 2))
+    y0 = min(max(y0, 0), h - ch)
+    x0 = min(max(x0, 0), w - cw)
+    return image[y0:y0 + ch, x0:x0 + cw]
+
+
+def draw_boxes(image: np.ndarray, boxes: Sequence[Box], colour: tuple[int, int, int] = BOX_COLOUR,
+               thickness: int | None = None) -> np.ndarray:
+    """An RGB uint8 copy of `image` with the normalised (x0, y0, x1, y1) boxes outlined."""
+    arr = to_uint8(image)
+    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
+    if not boxes:
+        return rgb
+    h, w = rgb.shape[:2]
+    t = thickness or max(1, round(min(h, w) / 200))
+    for x0, y0, x1, y1 in boxes:
+        p0 = (int(round(x0 * (w - 1))), int(round(y0 * (h - 1))))
+        p1 = (int(round(x1 * (w - 1))), int(round(y1 * (h - 1))))
+        cv2.rectangle(rgb, p0, p1, colour, t)
+    return rgb
+
+
+def thumbnail(image: np.ndarray, size: int = 160, *, square: bool = False) -> np.ndarray:
+    """The image shrunk so its longer side is at most `size` pixels (area interpolation), as uint8.
+
+    With `square`, it is centred on a black `size` x `size` canvas, so a grid of thumbnails lines up.
+    """
+    arr = to_uint8(image)
+    h, w = arr.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1.0:
+        arr = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if not square:
+        return arr
+    h, w = arr.shape[:2]
+    canvas = np.zeros((size, size) + arr.shape[2:], dtype=np.uint8)
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    canvas[y0:y0 + h, x0:x0 + w] = arr
+    return canvas
+
+
+def view_panels(
+    view: Any,
+    overlay_fn: Any,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    zoom: float = 1.0,
+    boxes: Sequence[Box] = (),
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (image, overlay) pair shown for one scored view, both RGB uint8 and identically cropped.
+
+    `overlay_fn(image, heatmap, colormap=..., alpha=...)` is SCORE's `explain.overlay`; it runs on
+    the cached heat map, so display settings never touch the model. Ground-truth boxes are drawn on
+    both panels; zoom centres on the heat-map peak (or the image centre without one).
+    """
+    image = np.asarray(view.image)
+    heatmap = getattr(view, "heatmap", None)
+    plain = draw_boxes(image, boxes)
+    over = None
+    if heatmap is not None:
+        over = draw_boxes(np.asarray(overlay_fn(image, heatmap, colormap=colormap, alpha=alpha)), boxes)
+    centre = getattr(view, "peak", None)
+    plain = zoom_crop(plain, zoom, centre)
+    if over is not None:
+        over = zoom_crop(over, zoom, centre)
+    return plain, over

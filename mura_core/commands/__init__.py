@@ -1,0 +1,37 @@
+"""Command-line entry (`python -m mura_core SUBCOMMAND`): each subcommand is a module exposing
+`cli_main(argv) -> int` that only parses arguments and calls library functions.
+
+Modules are imported lazily so that `index` never pays for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("mura_core.commands.index", "count studies and images in a MURA folder or a manifest"),
+    "predict": ("mura_core.commands.predict", "score one study (one or more image files) and write heat maps"),
+    "evaluate": ("mura_core.commands.evaluate", "score a data split and write metrics per body part"),
+    "bench": ("mura_core.commands.bench", "measure latency, throughput and memory (fresh subprocess per scenario)"),
+    "train": ("mura_core.train", "train a model and write a checkpoint with its card"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m mura_core SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the subcommand's module; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.cli_main(rest) or 0)

@@ -1,0 +1,297 @@
+"""Evaluate reports on disk: the ONE writer and reader of report.json, predictions.csv and
+study_predictions.csv, with the one study-row type and the one per-study averaging.
+
+An evaluate output folder (``weights/<name>.report/`` for shipped weights) holds:
+
+- ``report.json``: model, data, thresholds, image- and study-level metrics, pointing game;
+- ``predictions.csv``: one row per image (``image,study,body_part,label,probability,abnormal,threshold,
+  split,error``);
+- ``study_predictions.csv``: one row per study (mean or max of its images, `study_probability`).
+
+Example:
+    >>> aggregate_studies([("s1", "WRIST", 1, 0.8), ("s1", "WRIST", 1, 0.4)])[0].probability
+    0.6000000000000001
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mura_core.data.roots import REPO_ROOT
+from mura_core.data.studies import BodyPart, part_key, study_probability, threshold_for
+from mura_core.models.weights import weights_folder
+
+__all__ = [
+    "PREDICTION_FILES",
+    "REPORT_NAME",
+    "ReportRef",
+    "StudyPrediction",
+    "aggregate_studies",
+    "HEADLINE_METRICS",
+    "find_reports",
+    "headline_metrics",
+    "metrics_markdown",
+    "load_report",
+    "read_predictions",
+    "read_report",
+    "shipped_report",
+    "thresholds_of",
+    "write_predictions",
+    "write_report",
+]
+
+REPORT_NAME = "report.json"
+PREDICTION_FILES = ("study_predictions.csv", "predictions.csv")
+"""Prediction files of an evaluate run, preferred first (per-study rows carry the study aggregate)."""
+
+_IMAGE_COLUMNS = ["image", "study", "body_part", "label", "probability", "abnormal", "threshold", "split", "error"]
+_STUDY_COLUMNS = ["study", "body_part", "label", "probability", "abnormal", "threshold", "n_images", "split",
+                  "level"]
+_ID_COLUMNS = ("study_id", "study", "group")
+_PROB_COLUMNS = ("probability", "prob", "score", "p_abnormal")
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """One study's score: the row type of study_predictions.csv, the app and the validation page."""
+
+    study_id: str
+    body_part: str
+    label: int | None
+    probability: float | None
+    split: str | None = None
+    n_images: int = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# per-study averaging
+# ----------------------------------------------------------------------------------------------
+
+def aggregate_studies(rows: Iterable[Sequence[Any]], how: str = "mean") -> list[StudyPrediction]:
+    """Image rows ``(study_id, body_part, label, probability[, split])`` -> one `StudyPrediction` per study.
+
+    The study probability is `study_probability` (mean as in MURA, or max) of its images' probabilities;
+    unreadable images (no probability) are skipped, and a study with none gets ``probability=None``. The
+    label is the max of the image labels (abnormal if any image says so; None if none known). The body
+    part is the most common known part among its images (``"UNKNOWN"`` if none). First-seen order.
+    """
+    study_probability([], how)  # refuses an unknown rule before reading anything
+    probs: dict[str, list[float]] = defaultdict(list)
+    labels: dict[str, list[int]] = defaultdict(list)
+    parts: dict[str, Counter] = defaultdict(Counter)
+    splits: dict[str, str | None] = {}
+    counts: Counter = Counter()
+    for study_id, body_part, label, prob, *rest in rows:
+        counts[study_id] += 1
+        splits.setdefault(study_id, rest[0] if rest and rest[0] else None)
+        if prob is not None and math.isfinite(float(prob)):
+            probs[study_id].append(float(prob))
+        if label is not None:
+            labels[study_id].append(int(label))
+        key = part_key(body_part)
+        if key != "UNKNOWN":
+            parts[study_id][key] += 1
+    return [StudyPrediction(sid, parts[sid].most_common(1)[0][0] if parts.get(sid) else "UNKNOWN",
+                            max(labels[sid]) if labels.get(sid) else None,
+                            study_probability(probs.get(sid, []), how), splits.get(sid), counts[sid])
+            for sid in counts]
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def _decision(probability: float | None, threshold: float) -> str | int:
+    return "" if probability is None else int(probability >= threshold)
+
+
+def write_predictions(rows: Sequence[Any], thresholds: Mapping[str, float], out: Path,
+                      aggregate: str = "mean") -> tuple[Path, Path]:
+    """predictions.csv (per image) and study_predictions.csv (per study) from evaluate's image rows.
+
+    Each row needs ``image, study, body_part, label, probability, split, error`` attributes.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    image_path, study_path = out / "predictions.csv", out / "study_predictions.csv"
+    with image_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_IMAGE_COLUMNS)
+        for r in rows:
+            t = threshold_for(thresholds, r.body_part)
+            writer.writerow([r.image, r.study, r.body_part, "" if r.label is None else r.label,
+                             _number(r.probability), _decision(r.probability, t), f"{t:.6f}", r.split or "",
+                             r.error or ""])
+    studies = aggregate_studies(((r.study, r.body_part, r.label, r.probability, r.split) for r in rows), aggregate)
+    with study_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_STUDY_COLUMNS)
+        for s in studies:
+            t = threshold_for(thresholds, s.body_part)
+            writer.writerow([s.study_id, s.body_part, "" if s.label is None else s.label, _number(s.probability),
+                             _decision(s.probability, t), f"{t:.6f}", s.n_images, s.split or "", "study"])
+    return image_path, study_path
+
+
+def write_report(report: Mapping[str, Any], out: Path) -> Path:
+    """report.json (indented, strict JSON: undefined metrics are null, never NaN)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / REPORT_NAME
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------
+
+def _pick(row: Mapping[str, str], names: Sequence[str]) -> str | None:
+    for name in names:
+        if name in row and row[name] not in (None, ""):
+            return row[name]
+    return None
+
+
+def _finite_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def read_predictions(path: str | Path) -> list[StudyPrediction]:
+    """Study-level predictions from an evaluate ``study_predictions.csv`` or ``predictions.csv``.
+
+    Accepts one row per study or per image (rows sharing a study id are averaged by `aggregate_studies`).
+    Needs a study id column (study_id/study/group) and a probability column (probability/prob/score);
+    raises ValueError naming the file otherwise.
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        if not any(c in fields for c in _ID_COLUMNS) or not any(c in fields for c in _PROB_COLUMNS):
+            raise ValueError(f"{path}: needs a study id column and a probability column; has {fields}")
+        rows = list(reader)
+    if any(r.get("level") == "study" for r in rows):  # a file mixing levels: its study rows win
+        rows = [r for r in rows if r.get("level") == "study"]
+    image_rows = [(sid, BodyPart.parse(r.get("body_part")).value,
+                   int(float(r["label"])) if r.get("label") not in (None, "") else None,
+                   _finite_or_none(_pick(r, _PROB_COLUMNS)), r.get("split") or None)
+                  for r in rows if (sid := _pick(r, _ID_COLUMNS)) is not None]
+    return aggregate_studies(image_rows)
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A report.json as a dict."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class ReportRef:
+    """One evaluate output folder: its display name and its two files."""
+
+    name: str
+    folder: Path
+    report: Path
+    predictions: Path | None
+
+
+def _ref(report: Path, root: Path) -> ReportRef:
+    rel = report.parent.relative_to(root)
+    name = rel.as_posix() if rel.parts else root.name
+    name = name.removesuffix(".report")
+    preds = next((report.parent / f for f in PREDICTION_FILES if (report.parent / f).is_file()), None)
+    return ReportRef(name, report.parent.resolve(), report, preds)
+
+
+def find_reports(roots: Sequence[Path] | None = None, max_depth: int = 3) -> list[ReportRef]:
+    """Every folder under `roots` (default: the weights folder and repo ``reports/``) holding a
+    ``report.json``, sorted by name.
+
+    A folder ``weights/<name>.report/`` is named ``<name>``; other folders by their path relative
+    to the root they were found under. ``predictions`` is ``study_predictions.csv`` when present,
+    else ``predictions.csv`` (per image; averaged per study on reading), else None.
+    """
+    if roots is None:
+        roots = [weights_folder(), REPO_ROOT / "reports"]
+    found: dict[Path, ReportRef] = {}
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        for report in sorted(root.rglob(REPORT_NAME)):
+            if len(report.relative_to(root).parts) - 1 <= max_depth:
+                ref = _ref(report, root)
+                found.setdefault(ref.folder, ref)
+    return sorted(found.values(), key=lambda r: r.name)
+
+
+def shipped_report(name: str | None, weights_dir: str | Path | None = None) -> ReportRef | None:
+    """The evaluate report shipped for indexed weights `name` (``<weights folder>/<name>.report``), or None."""
+    if name is None:
+        return None
+    return next((r for r in find_reports([weights_folder(weights_dir)]) if r.name == name), None)
+
+
+def load_report(ref: ReportRef) -> tuple[dict[str, Any], list[StudyPrediction]]:
+    """The report's JSON and its study predictions (empty list without a predictions file)."""
+    preds = read_predictions(ref.predictions) if ref.predictions is not None else []
+    return read_report(ref.report), preds
+
+
+def thresholds_of(report: Mapping[str, Any]) -> dict[str, float]:
+    """The operating thresholds a report was computed at (``{"default": 0.5}`` when it names none)."""
+    value = report.get("thresholds")
+    if isinstance(value, Mapping) and value:
+        out = {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))}
+        out.setdefault("default", 0.5)
+        return out
+    card = report.get("card") or report.get("model") or {}
+    if isinstance(card, Mapping) and isinstance(card.get("thresholds"), Mapping):
+        return thresholds_of({"thresholds": card["thresholds"]})
+    return {"default": 0.5}
+
+
+# ----------------------------------------------------------------------------------------------
+# quoting a report (Home, Model card, the card markdown files, README)
+# ----------------------------------------------------------------------------------------------
+
+HEADLINE_METRICS: tuple[str, ...] = ("auc", "kappa", "sensitivity", "specificity", "f1")
+"""The figures quoted wherever a model is summarised."""
+
+
+def headline_metrics(report: Mapping[str, Any], level: str = "image") -> dict[str, float]:
+    """The report's overall figures at `level` ("image" or "study"), the undefined ones left out."""
+    overall = (report.get(f"{level}_level") or {}).get("overall") or {}
+    return {k: float(overall[k]) for k in HEADLINE_METRICS if isinstance(overall.get(k), (int, float))}
+
+
+def _with_ci(overall: Mapping[str, Any], name: str) -> str:
+    value = overall.get(name)
+    if not isinstance(value, (int, float)):
+        return "—"
+    ci = (overall.get("ci") or {}).get(name)
+    return f"{value:.3f} [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else f"{value:.3f}"
+
+
+def metrics_markdown(report: Mapping[str, Any], source: str) -> str:
+    """A model card's metrics section quoting an evaluate report (image and study level, 95% intervals)."""
+    data = report.get("data") or {}
+    lines = [f"## Metrics (quoted from the evaluate report `{source}`)", "",
+             f"Data: {data.get('name', '—')}, split {report.get('split', '—')}; "
+             f"{report.get('n_studies', '—')} studies, {data.get('n_images', '—')} images.", "",
+             "| level | " + " | ".join(HEADLINE_METRICS) + " |", "|---|" + "---|" * len(HEADLINE_METRICS)]
+    for level in ("image", "study"):
+        overall = (report.get(f"{level}_level") or {}).get("overall") or {}
+        lines.append(f"| {level} | " + " | ".join(_with_ci(overall, m) for m in HEADLINE_METRICS) + " |")
+    return "\n".join(lines + [""])

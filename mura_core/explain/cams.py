@@ -1,0 +1,518 @@
+"""Heat maps: where in the image the model's abnormality score comes from.
+
+One entry point, `explain_batch`, computes the logits AND the heat maps of a batch from the SAME
+forward pass (plus, for gradient methods, one backward pass that only runs from the logit back to the
+target layer); `explain_many` gives several methods from that one pass. Methods (`CAM_METHODS`):
+
+- ``cam``: classic CAM (Zhou et al. 2016): the final Linear weights times the last feature maps.
+  Forward only, so it is the cheapest; needs a "global average pool + one Linear" head
+  (`ArchSpec.classic_cam(model)` not None). For the normal target the weights are negated.
+- ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``: gradient methods, written here
+  with the weighting formulas of the pytorch-grad-cam package (tests check they match it), on
+  `ArchSpec.cam_target_layer(model)`; `ArchSpec.reshape_transform` turns transformer tokens into maps.
+- ``eigencam``: first principal component of the target activations (class-agnostic; the sign is
+  chosen so the map agrees with the channel-summed activation).
+- ``scorecam``, ``ablationcam``: delegated to pytorch-grad-cam; they run hundreds to thousands of
+  extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default.
+
+Target: ``"abnormal"`` explains the abnormal logit (pytorch-grad-cam's ``BinaryClassifierOutputTarget(1)``),
+``"normal"`` its negation (``BinaryClassifierOutputTarget(0)``).
+
+Normalisation: ReLU, then per-image min-max to 0..1 at the feature-map resolution (the maximum stays
+the maximum, unlike MONAI's inverting normaliser), then bilinear resize to the input size. A flat map
+(no positive evidence) is all zeros.
+
+Thread safety: hooks are registered per call and removed before returning (even on errors); a lock per
+model serialises calls that hook the same model, and each hook only acts on forwards run by the thread
+that registered it, so unhooked forwards on other threads are never disturbed.
+
+Coordinates: `heatmap_peak` returns (x, y) in 0..1 of the image width/height at the CENTRE of the
+maximal pixel, ``x = (column + 0.5) / W``, ``y = (row + 0.5) / H`` -- the same convention as the
+normalised finding boxes (x0, y0, x1, y1), so ``x0 <= x <= x1`` tests "inside the box".
+
+Example:
+    >>> maps, logits = explain_batch(model, get_arch("densenet121"), batch, "cam")  # doctest: +SKIP
+    >>> rgb = overlay(image, resize_heatmap(maps[0], image.shape), colormap="inferno", alpha=0.4)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CAM_METHODS",
+    "CAM_TABLE",
+    "CamMethod",
+    "DEFAULT_CAM",
+    "FALLBACK_CAM",
+    "OFFERED_COLORMAPS",
+    "COLORMAPS",
+    "GRADIENT_METHODS",
+    "SLOW_METHODS",
+    "TARGETS",
+    "ExplainError",
+    "available_methods",
+    "default_method",
+    "explain_batch",
+    "explain_many",
+    "heatmap_peak",
+    "model_lock",
+    "normalise_map",
+    "overlay",
+    "resize_heatmap",
+    "supports_method",
+]
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One heat-map method: its name, how it is computed, and whether it is slow."""
+
+    name: str
+    family: str
+    """'classic' (forward only), 'gradient' (one backward to the target layer), 'eigen' (activations
+    only) or 'perturbation' (pytorch-grad-cam: many extra forwards)."""
+    description: str
+
+    @property
+    def slow(self) -> bool:
+        """Hundreds of extra forward passes per image: never a default, marked slow in the app."""
+        return self.family == "perturbation"
+
+
+CAM_TABLE: tuple[CamMethod, ...] = (
+    CamMethod("cam", "classic", "classic CAM: final Linear weights times the last feature maps"),
+    CamMethod("gradcam", "gradient", "Grad-CAM: channel weights = mean gradient"),
+    CamMethod("hirescam", "gradient", "HiResCAM: gradient times activation, per position"),
+    CamMethod("gradcam++", "gradient", "Grad-CAM++: higher-order gradient weights"),
+    CamMethod("xgradcam", "gradient", "XGrad-CAM: activation-normalised gradient weights"),
+    CamMethod("layercam", "gradient", "LayerCAM: positive gradient times activation"),
+    CamMethod("eigencam", "eigen", "Eigen-CAM: first principal component of the activations"),
+    CamMethod("scorecam", "perturbation", "Score-CAM (pytorch-grad-cam)"),
+    CamMethod("ablationcam", "perturbation", "Ablation-CAM (pytorch-grad-cam)"),
+)
+"""Every heat-map method, in the order offered; every list and set below derives from it."""
+
+CAM_METHODS: tuple[str, ...] = tuple(m.name for m in CAM_TABLE)
+"""Every heat-map method by name."""
+
+GRADIENT_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.family == "gradient")
+"""Methods that need d(target logit)/d(activations): one extra backward through the head."""
+
+SLOW_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.slow)
+"""Methods that run many extra forward passes per image (minutes on a CPU for a DenseNet)."""
+
+DEFAULT_CAM = "cam"
+"""The default method where the head allows it (forward only, cheapest)."""
+
+FALLBACK_CAM = "gradcam"
+"""The default method for every other architecture (works on all of them)."""
+
+TARGETS: dict[str, str] = {
+    "abnormal": "Evidence for abnormal",
+    "normal": "Evidence for normal",
+}
+"""CAM targets: the class whose evidence the heat map shows, with its label in words."""
+
+COLORMAPS: dict[str, int] = {
+    name.removeprefix("COLORMAP_").lower(): getattr(cv2, name)
+    for name in dir(cv2) if name.startswith("COLORMAP_")
+}
+"""Colour map names accepted by `overlay` (every cv2.COLORMAP_*: jet, inferno, viridis, magma, turbo...)."""
+
+OFFERED_COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "hot", "bone")
+"""The colour maps the app offers for overlays (a subset of `COLORMAPS`)."""
+
+_EPS = 1e-7
+
+
+class ExplainError(ValueError):
+    """An unknown method or target, or a method the architecture cannot support."""
+
+
+# ----------------------------------------------------------------------------------------------
+# method choice
+# ----------------------------------------------------------------------------------------------
+
+def supports_method(model: nn.Module, arch_spec: Any, method: str) -> bool:
+    """True when `method` can run on this model (classic CAM needs a pool + Linear head)."""
+    if method not in CAM_METHODS:
+        return False
+    if method == "cam":
+        return arch_spec.classic_cam(model) is not None
+    if method == "ablationcam" and arch_spec.reshape_transform is not None:
+        return False  # pytorch-grad-cam's channel ablation needs a (N, C, h, w) target layer
+    return True
+
+
+def default_method(model: nn.Module, arch_spec: Any) -> str:
+    """`DEFAULT_CAM` (``"cam"``) where the head allows it (forward only, cheapest), else ``"gradcam"``."""
+    return DEFAULT_CAM if supports_method(model, arch_spec, DEFAULT_CAM) else FALLBACK_CAM
+
+
+def available_methods(model: nn.Module, arch_spec: Any, *, include_slow: bool = True) -> list[str]:
+    """The methods this model supports, in `CAM_METHODS` order."""
+    return [m for m in CAM_METHODS
+            if supports_method(model, arch_spec, m) and (include_slow or m not in SLOW_METHODS)]
+
+
+# ----------------------------------------------------------------------------------------------
+# locking and hooks
+# ----------------------------------------------------------------------------------------------
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises hooked (and, in `Predictor`, all) forwards through one model."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _LOCKS[model] = lock
+        return lock
+
+
+class _Capture:
+    """Forward hook state: the target layer's output, as seen by the registering thread only."""
+
+    def __init__(self, with_grad: bool) -> None:
+        self.owner = threading.get_ident()
+        self.with_grad = with_grad
+        self.activation: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if threading.get_ident() != self.owner or not isinstance(output, torch.Tensor):
+            return None
+        if not self.with_grad:
+            self.activation = output.detach().clone()
+            return None
+        # Gradient methods: the layers before the target ran without autograd; from here on the
+        # graph is recorded with the target output as a leaf, so the backward pass stops here.
+        torch.set_grad_enabled(True)
+        leaf = output.detach().requires_grad_(True)
+        self.activation = leaf
+        return leaf.clone()
+
+
+@contextlib.contextmanager
+def _hooked(layer: nn.Module, capture: _Capture) -> Iterator[_Capture]:
+    """Register the capture hook for the duration of the block; always removed afterwards."""
+    handle = layer.register_forward_hook(capture)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# map arithmetic (numpy, per batch)
+# ----------------------------------------------------------------------------------------------
+
+def normalise_map(cam: np.ndarray) -> np.ndarray:
+    """Per-image min-max to 0..1 over the last two axes (max stays max); flat maps become zeros."""
+    cam = np.asarray(cam, dtype=np.float64)
+    low = cam.min(axis=(-2, -1), keepdims=True)
+    high = cam.max(axis=(-2, -1), keepdims=True)
+    span = high - low
+    # Relative flatness test: raw maps of untrained models can be ~1e-9 yet well structured.
+    flat = ~(span > 1e-6 * np.maximum(np.abs(high), np.abs(low))) | ~np.isfinite(span) | (span <= 1e-30)
+    safe = np.where(flat, 1.0, span)
+    return np.where(flat, 0.0, (cam - low) / safe).astype(np.float32)
+
+
+def resize_heatmap(heatmap: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size = (H, W)`` (e.g. ``image.shape``), clipped to 0..1."""
+    h, w = int(size[0]), int(size[1])
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape == (h, w):
+        return heatmap.copy()
+    out = cv2.resize(heatmap, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _weighted_maps(method: str, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
+    """Raw (N, h, w) maps from activations (N, C, h, w) and gradients by the method's formula."""
+    if method == "gradcam":
+        weights = grads.mean(axis=(2, 3))
+        return np.einsum("nc,nchw->nhw", weights, acts)
+    if method == "hirescam":
+        return (grads * acts).sum(axis=1)
+    if method == "gradcam++":
+        g2 = grads ** 2
+        g3 = g2 * grads
+        sum_acts = acts.sum(axis=(2, 3), keepdims=True)
+        alpha = g2 / (2 * g2 + sum_acts * g3 + 1e-6)
+        alpha = np.where(grads != 0, alpha, 0.0)
+        weights = (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
+        return np.einsum("nc,nchw->nhw", weights, acts)
+    if method == "xgradcam":
+        sum_acts = acts.sum(axis=(2, 3), keepdims=True)
+        weights = (grads * acts / (sum_acts + _EPS)).sum(axis=(2, 3))
+        return np.einsum("nc,nchw->nhw", weights, acts)
+    if method == "layercam":
+        return (np.maximum(grads, 0) * acts).sum(axis=1)
+    if method == "eigencam":
+        return _eigen_maps(acts)
+    raise ExplainError(f"no formula for {method!r}")
+
+
+def _eigen_maps(acts: np.ndarray) -> np.ndarray:
+    """Projection of each position's (centred) channel vector on the first principal direction."""
+    n, c, h, w = acts.shape
+    out = np.zeros((n, h, w), dtype=np.float32)
+    for i in range(n):
+        flat = acts[i].reshape(c, h * w).T.astype(np.float64)
+        flat = flat - flat.mean(axis=0)
+        if not np.any(flat):
+            continue
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        proj = flat @ vt[0]
+        strength = acts[i].sum(axis=0).ravel()
+        if np.dot(proj - proj.mean(), strength - strength.mean()) < 0:
+            proj = -proj  # SVD's sign is arbitrary: point it where the activations are strong
+        out[i] = proj.reshape(h, w)
+    return out
+
+
+def _to_input_size(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """ReLU, min-max per image at map resolution, bilinear resize to the input size (N, H, W).
+
+    The resized maps are min-maxed again so the peak is exactly 1 (interpolation can lower it).
+    """
+    maps = normalise_map(np.maximum(raw, 0.0))
+    if not len(maps):
+        return np.zeros((0, *size), dtype=np.float32)
+    return normalise_map(np.stack([resize_heatmap(m, size) for m in maps]))
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+# ----------------------------------------------------------------------------------------------
+
+def _check(method: str, target: str) -> None:
+    if method not in CAM_METHODS:
+        raise ExplainError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    if target not in TARGETS:
+        raise ExplainError(f"unknown target {target!r}; choose 'abnormal' or 'normal'")
+
+
+def _as_maps(tensor: torch.Tensor, reshape: Callable[[torch.Tensor], torch.Tensor] | None) -> np.ndarray:
+    """Target-layer tensor -> float32 numpy (N, C, h, w), through the arch's reshape for tokens."""
+    if reshape is not None:
+        tensor = reshape(tensor)
+    if tensor.ndim != 4:
+        raise ExplainError(f"target layer gives a {tensor.ndim}-D output; a (N, C, h, w) map is needed "
+                           "(set ArchSpec.reshape_transform for token outputs)")
+    return tensor.detach().float().cpu().numpy()
+
+
+def _classic_raw(acts: np.ndarray, weight: torch.Tensor, target: str) -> np.ndarray:
+    """Classic CAM from feature maps (N, C, h, w): sum_c w_c * A_c, weights negated for 'normal'."""
+    w = weight.detach().float().reshape(-1).cpu().numpy()
+    sign = 1.0 if target == "abnormal" else -1.0
+    return np.einsum("c,nchw->nhw", sign * w, acts)
+
+
+def _forward_capture(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, target: str, needs_grad: bool,
+                     reshape: Callable[[torch.Tensor], torch.Tensor] | None, name: str
+                     ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+    """One forward with `layer`'s output captured; with `needs_grad`, one backward from the target logit.
+
+    Without gradients the forward runs under inference mode. With them, the layers before `layer` run
+    without autograd and the graph starts at `layer`, so the backward only crosses the head.
+    Returns (activations (N, C, h, w), gradients or None, logits).
+    """
+    capture = _Capture(with_grad=needs_grad)
+    previous = torch.is_grad_enabled()
+    try:
+        with torch.inference_mode(False):
+            inputs = inputs.clone() if inputs.is_inference() else inputs  # callers may be in inference mode
+            with _hooked(layer, capture):
+                if needs_grad:
+                    torch.set_grad_enabled(False)  # the hook turns autograd on at the target layer
+                    logits = model(inputs)
+                else:
+                    with torch.inference_mode():
+                        logits = model(inputs)
+            if capture.activation is None:
+                raise ExplainError(f"the heat-map layer of {name} did not run in forward")
+            grads = None
+            if needs_grad:
+                score = logits[:, 0] if target == "abnormal" else -logits[:, 0]
+                (grad,) = torch.autograd.grad(score.sum(), capture.activation, allow_unused=True)
+                if grad is None:
+                    grad = torch.zeros_like(capture.activation)
+                grads = _as_maps(grad, reshape)
+            acts = _as_maps(capture.activation, reshape)
+    finally:
+        torch.set_grad_enabled(previous)
+    return acts, grads, logits.detach()
+
+
+def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str,
+             target: str) -> tuple[np.ndarray, torch.Tensor]:
+    """ScoreCAM / AblationCAM through pytorch-grad-cam (slow); its maps are already min-max scaled."""
+    from pytorch_grad_cam import AblationCAM, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    cls = ScoreCAM if method == "scorecam" else AblationCAM
+    category = 1 if target == "abnormal" else 0
+    targets = [BinaryClassifierOutputTarget(category) for _ in range(inputs.shape[0])]
+    cam = cls(model=model, target_layers=[arch_spec.cam_target_layer(model)],
+              reshape_transform=arch_spec.reshape_transform)
+    try:
+        cam.batch_size = 64
+        maps = cam(input_tensor=inputs, targets=targets)
+        logits = cam.outputs.detach()
+    finally:
+        cam.activations_and_grads.release()
+    return np.asarray(maps, dtype=np.float32), logits
+
+
+def _logits_np(logits: torch.Tensor) -> np.ndarray:
+    return logits.float().reshape(-1).cpu().numpy()
+
+
+def explain_many(
+    model: nn.Module,
+    arch_spec: Any,
+    inputs: torch.Tensor,
+    methods: Sequence[str],
+    target: str = "abnormal",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Several heat-map methods from ONE forward (and at most one short backward) where possible.
+
+    Every fast method is a formula over the same target-layer activations (and gradients), so a batch
+    explained by cam, gradcam, hirescam, gradcam++, xgradcam, layercam and eigencam costs one forward.
+    Classic CAM joins that pass when its feature layer is the target layer (all registered CNNs);
+    slow methods run on their own. The maps equal those of `explain_batch` per method.
+
+    Returns:
+        ({method: heatmaps float32 (N, S, S) in 0..1}, logits float32 (N,)).
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ExplainError("no heat-map method given")
+    for method in methods:
+        _check(method, target)
+        if method in ("cam", "ablationcam") and not supports_method(model, arch_spec, method):
+            raise ExplainError(f"{method} is not available for {arch_spec.name}"
+                               + (" (needs a global-pool + Linear head; use gradcam)" if method == "cam"
+                                  else " (token target layer)"))
+    size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+    out: dict[str, np.ndarray] = {}
+    logits: np.ndarray | None = None
+    with model_lock(model):
+        layer = arch_spec.cam_target_layer(model)
+        shared = [m for m in methods if m not in SLOW_METHODS]
+        if "cam" in shared:
+            feature_layer, weight = arch_spec.classic_cam(model)
+            if feature_layer is not layer or arch_spec.reshape_transform is not None:
+                acts, _, raw_logits = _forward_capture(model, feature_layer, inputs, target, False, None,
+                                                       arch_spec.name)
+                out["cam"] = _to_input_size(_classic_raw(acts, weight, target), size)
+                logits = _logits_np(raw_logits)
+                shared.remove("cam")
+        if shared:
+            needs_grad = any(m in GRADIENT_METHODS for m in shared)
+            acts, grads, raw_logits = _forward_capture(model, layer, inputs, target, needs_grad,
+                                                       arch_spec.reshape_transform, arch_spec.name)
+            logits = _logits_np(raw_logits)
+            for method in shared:
+                raw = (_classic_raw(acts, arch_spec.classic_cam(model)[1], target) if method == "cam"
+                       else _weighted_maps(method, acts, grads))
+                out[method] = _to_input_size(raw, size)
+        for method in (m for m in methods if m in SLOW_METHODS):
+            maps, raw_logits = _library(model, arch_spec, inputs, method, target)
+            out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
+            if logits is None:
+                logits = _logits_np(raw_logits)
+    return {m: out[m] for m in methods}, logits
+
+
+def explain_batch(
+    model: nn.Module,
+    arch_spec: Any,
+    inputs: torch.Tensor,
+    method: str = "cam",
+    target: str = "abnormal",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heat maps and logits of a batch from one forward pass.
+
+    ``cam`` and ``eigencam`` need only the forward (inference mode); gradient methods add one backward
+    from the logit to the target layer.
+
+    Args:
+        model: an eval-mode model whose forward returns (N, 1) logits, on the inputs' device.
+        arch_spec: its `ArchSpec` (target layer, reshape transform, classic-CAM pieces).
+        inputs: (N, 3, S, S) model inputs.
+        method: a name from `CAM_METHODS`.
+        target: ``"abnormal"`` or ``"normal"``: which decision to explain.
+
+    Returns:
+        (heatmaps float32 (N, S, S) in 0..1, logits float32 (N,)).
+    """
+    maps, logits = explain_many(model, arch_spec, inputs, [method], target)
+    return maps[method], logits
+
+
+# ----------------------------------------------------------------------------------------------
+# display helpers
+# ----------------------------------------------------------------------------------------------
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """The maximum of a 2-D map as (x, y) in 0..1 image coordinates, at the pixel's centre.
+
+    ``x = (column + 0.5) / W`` and ``y = (row + 0.5) / H``, matching normalised box corners. When
+    several pixels share the maximum (e.g. a flat map) the centroid of those pixels is returned, so a
+    flat map points at the image centre.
+    """
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.ndim != 2 or h.size == 0:
+        raise ValueError(f"heatmap_peak needs a non-empty 2-D map, got shape {h.shape}")
+    rows, cols = np.nonzero(h >= h.max())
+    height, width = h.shape
+    return float((cols.mean() + 0.5) / width), float((rows.mean() + 0.5) / height)
+
+
+def _grey_uint8(image: np.ndarray) -> np.ndarray:
+    """A 2-D image (float 0..1 or uint8) as uint8 RGB (H, W, 3); RGB/RGBA input keeps its colours."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        img = (np.clip(img.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        return np.ascontiguousarray(img[:, :, :3])
+    raise ValueError(f"overlay needs a 2-D grey or RGB image, got shape {img.shape}")
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+    """The heat map coloured with `colormap` and blended over the image: uint8 RGB at the image's size.
+
+    Args:
+        image: 2-D grey image (float 0..1 or uint8) or RGB; its size sets the output size.
+        heatmap: 2-D map in 0..1 (any size; resized bilinearly to the image).
+        colormap: a cv2 colour map name (see `COLORMAPS`: jet, inferno, viridis, magma, turbo, ...).
+        alpha: heat-map opacity, 0 (image only) .. 1 (heat map only).
+    """
+    key = colormap.lower().removeprefix("colormap_")
+    if key not in COLORMAPS:
+        raise ValueError(f"unknown colour map {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError("alpha must be within 0..1")
+    base = _grey_uint8(image)
+    heat = resize_heatmap(np.clip(np.asarray(heatmap, dtype=np.float32), 0, 1), base.shape[:2])
+    coloured = cv2.applyColorMap((heat * 255.0 + 0.5).astype(np.uint8), COLORMAPS[key])
+    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(base, 1.0 - alpha, coloured, alpha, 0.0)

@@ -1,0 +1,380 @@
+"""Score a study: per-view abnormality probabilities, the study's decision and heat maps.
+
+`Predictor` holds one model (or an ensemble) on one device and scores the views of a study in ONE
+batched forward pass. With a heat-map method the same forward gives the scores (`explain.explain_batch`);
+without one the forward runs under `torch.inference_mode`.
+
+Decisions, as in MURA: the study probability is the mean of its views' probabilities (``aggregate="max"``
+as an option); the study is abnormal when ``probability >= threshold`` where the threshold is the
+model card's ``thresholds[body_part]``, else ``thresholds["default"]``. Views that cannot be decoded get
+an error (the `DecodeError` reason) and the rest of the study is still scored.
+
+Test-time augmentation (``tta=True``): each view is also scored horizontally flipped, in the same
+batch; probabilities are averaged, and heat maps are averaged after flipping the flipped map back.
+
+Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabilities are the mean of
+the members' probabilities. Heat maps are AVERAGED across members after each member's map is resized
+to the original image size and then min-max normalised again; the averaged map shows where the members
+agree, and no member is privileged. Each member uses its own preprocessing (size, mean, std). The
+ensemble's thresholds are the members' thresholds averaged key by key (keys present in every member),
+unless `thresholds=` is given.
+
+Determinism: models are in eval mode, nothing is random, and on CUDA cuDNN is set to deterministic
+algorithms (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``); the same input gives
+the same numbers on the same device.
+
+Thread safety: every forward through a member holds that model's lock (`explain.model_lock`), so one
+`Predictor` may be shared by many threads (e.g. Streamlit sessions).
+
+Example:
+    >>> predictor = Predictor.from_weights()                      # doctest: +SKIP
+    >>> result = predictor.predict_study(study, cam="cam")        # doctest: +SKIP
+    >>> result.probability, result.abnormal, result.views[0].peak  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mura_core.models.checkpoints import LoadedModel
+from mura_core.models.weights import list_ensembles, load_weights, weights_folder
+from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
+from mura_core.models.devices import pick_device
+from mura_core.explain.cams import (
+    CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, TARGETS, ExplainError, default_method, explain_many, heatmap_peak, model_lock,
+    normalise_map, resize_heatmap, supports_method,
+)
+from mura_core.models.registry import get_arch
+from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
+from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
+
+__all__ = ["AGGREGATES", "Predictor", "StudyResult", "ViewResult", "study_probability"]
+
+AUTO_CAM = ("auto", "default")
+"""`cam` values that mean "each member's default method" (classic CAM where possible, else Grad-CAM)."""
+
+
+@dataclass
+class ViewResult:
+    """One view's outcome: a probability and heat map, or the reason it could not be read."""
+
+    name: str
+    probability: float | None = None
+    error: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+    """The decoded image, 2-D float32 0..1 at its original size."""
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    """2-D float32 0..1 at the image's original size (None without a CAM method)."""
+    peak: tuple[float, float] | None = None
+    """Heat-map maximum as (x, y) in 0..1 image coordinates (`explain.heatmap_peak`); None if flat."""
+    meta: ImageMeta | None = None
+
+
+@dataclass
+class StudyResult:
+    """A study's outcome: aggregated probability, threshold, decision and the per-view results."""
+
+    probability: float | None
+    threshold: float
+    abnormal: bool | None
+    body_part: str
+    aggregate: str
+    views: list[ViewResult]
+    driving_view: int | None
+    """Index (into `views`) of the view with the highest probability: the one driving the decision."""
+    model_name: str
+    cam: str | None = None
+    target: str = "abnormal"
+    tta: bool = False
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        """(name, reason) of every view that could not be read."""
+        return [(v.name, v.error) for v in self.views if v.error is not None]
+
+    @property
+    def scored(self) -> int:
+        """How many views were scored."""
+        return sum(v.probability is not None for v in self.views)
+
+
+@dataclass
+class _Member:
+    """One model of the (possibly one-model) ensemble, with what it needs to run."""
+
+    model: torch.nn.Module
+    spec: Any
+    config: PreprocessConfig
+    name: str
+    sha256: str | None
+    thresholds: dict[str, float]
+
+
+def _member(loaded: LoadedModel, device: torch.device) -> _Member:
+    card = loaded.card
+    model = loaded.model.to(device).eval()
+    config = PreprocessConfig(image_size=int(card.image_size), mean=tuple(card.mean), std=tuple(card.std))
+    return _Member(model, get_arch(card.arch), config, card.name, loaded.sha256, dict(card.thresholds))
+
+
+def _mean_thresholds(members: Sequence[_Member]) -> dict[str, float]:
+    """Key-by-key mean of the members' thresholds over keys every member has ("default" always)."""
+    keys = set.intersection(*(set(m.thresholds) for m in members)) | {"default"}
+    return {k: float(np.mean([m.thresholds.get(k, m.thresholds.get("default", 0.5)) for m in members]))
+            for k in sorted(keys)}
+
+
+class Predictor:
+    """A loaded model (or ensemble) on a device, ready to score studies; load once, call many times.
+
+    Args:
+        models: one `LoadedModel` or several (an ensemble: probabilities averaged).
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch.device.
+        name: display name (default: the card's name, or members joined by "+").
+        thresholds: override the card thresholds (body part -> threshold, with "default").
+    """
+
+    def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
+                 name: str | None = None, thresholds: Mapping[str, float] | None = None) -> None:
+        loaded = [models] if isinstance(models, LoadedModel) else list(models)
+        if not loaded:
+            raise ValueError("Predictor needs at least one model")
+        self.device = pick_device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        self.members = [_member(m, self.device) for m in loaded]
+        self.loaded = loaded
+        self.name = name or "+".join(m.name for m in self.members)
+        base = dict(thresholds) if thresholds is not None else _mean_thresholds(self.members)
+        base.setdefault("default", 0.5)
+        self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
+
+    # ------------------------------------------------------------------ construction and facts
+
+    @classmethod
+    def from_weights(cls, name: str | None = None, device: str | torch.device = "auto",
+                     weights_dir: str | Path | None = None) -> "Predictor":
+        """Load indexed weights (or an ensemble named in weights/index.json, or a checkpoint path).
+
+        `weights_dir` defaults to ``$MURA_WEIGHTS_DIR`` when set, else the repository's weights/.
+        """
+        weights_dir = weights_folder(weights_dir)
+        target = pick_device(device)
+        ensembles = list_ensembles(weights_dir)
+        if name is not None and str(name) in ensembles:
+            members = [load_weights(m, device="cpu", weights_dir=weights_dir) for m in ensembles[str(name)]]
+            return cls(members, device=target, name=str(name))
+        return cls(load_weights(name, device="cpu", weights_dir=weights_dir), device=target)
+
+    @property
+    def card(self) -> Any:
+        """The (first member's) model card."""
+        return self.loaded[0].card
+
+    @property
+    def sha256(self) -> str | None:
+        """The checkpoint sha256 (members' joined by "+" for an ensemble)."""
+        shas = [m.sha256 or "" for m in self.members]
+        return shas[0] if len(shas) == 1 else "+".join(shas)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    @property
+    def default_cam(self) -> str:
+        """``"cam"`` when every member allows classic CAM, else ``"gradcam"``."""
+        methods = {default_method(m.model, m.spec) for m in self.members}
+        return DEFAULT_CAM if methods == {DEFAULT_CAM} else FALLBACK_CAM
+
+    def cam_methods(self) -> list[str]:
+        """Heat-map methods every member supports (slow ones included; see `explain.SLOW_METHODS`)."""
+        return [meth for meth in CAM_METHODS
+                if all(supports_method(m.model, m.spec, meth) for m in self.members)]
+
+    def threshold_for(self, body_part: BodyPart | str | None) -> float:
+        """The body part's threshold, else the default."""
+        return threshold_for(self.thresholds, body_part)
+
+    @property
+    def input_configs(self) -> list[PreprocessConfig]:
+        """The distinct preprocessing configurations the members need (one for a single model)."""
+        out: list[PreprocessConfig] = []
+        for m in self.members:
+            if m.config not in out:
+                out.append(m.config)
+        return out
+
+    def resolve_cam(self, cam: str | None) -> str | None:
+        """The method name `cam` stands for: "auto" -> the default shared by every member ("auto" kept
+        when an ensemble's members differ, each then using its own default); None stays None."""
+        if cam not in AUTO_CAM:
+            return cam
+        methods = {default_method(m.model, m.spec) for m in self.members}
+        return methods.pop() if len(methods) == 1 else "auto"
+
+    def _method_for(self, member: _Member, cam: str) -> str:
+        if cam in AUTO_CAM:
+            return default_method(member.model, member.spec)
+        if not supports_method(member.model, member.spec, cam):
+            if cam in CAM_METHODS:
+                raise ExplainError(f"{cam!r} is not available for {member.spec.name} "
+                                   f"(available: {', '.join(self.cam_methods())})")
+            raise ExplainError(f"unknown CAM method {cam!r}; choose from {', '.join(CAM_METHODS)} or 'auto'")
+        return cam
+
+    # ------------------------------------------------------------------ the core
+
+    def prepare(self, images: Sequence[np.ndarray]) -> dict[PreprocessConfig, torch.Tensor]:
+        """Decoded 2-D images -> one (N, 3, S, S) batch per distinct preprocessing configuration."""
+        return {config: torch.stack([to_model_input(img, config) for img in images])
+                for config in self.input_configs}
+
+    def run_batches(self, batches: Mapping[PreprocessConfig, torch.Tensor], *, cam: str | None = None,
+                    target: str = "abnormal", tta: bool = False
+                    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Probabilities (N,) and, with `cam`, each member's heat maps (N, S_m, S_m) at its input size.
+
+        One forward per member over the whole batch (2N rows with `tta`); heat maps come from that
+        same forward.
+        """
+        prob, maps = self.run_batches_many(batches, [cam] if cam is not None else [], target=target, tta=tta)
+        return prob, (maps[cam] if cam is not None else None)
+
+    def run_batches_many(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *,
+                         target: str = "abnormal", tta: bool = False
+                         ) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+        """Probabilities (N,) and {method: each member's heat maps} from one forward per member.
+
+        Several fast methods share that forward (`explain.explain_many`): evaluating the pointing game
+        for seven methods costs about one forward, not seven. No methods: scores only (inference mode).
+        """
+        if target not in TARGETS:
+            raise ExplainError(f"unknown target {target!r}; choose 'abnormal' or 'normal'")
+        methods = list(dict.fromkeys(methods))
+        probs: list[np.ndarray] = []
+        maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        for member in self.members:
+            x = batches[member.config].to(self.device, dtype=torch.float32)
+            n = x.shape[0]
+            if tta:
+                x = torch.cat([x, torch.flip(x, dims=[-1])])
+            if not methods:
+                with model_lock(member.model), torch.inference_mode():
+                    logits = member.model(x).float().reshape(-1).cpu().numpy()
+                member_maps: dict[str, np.ndarray] = {}
+            else:
+                resolved = {m: self._method_for(member, m) for m in methods}
+                by_name, logits = explain_many(member.model, member.spec, x, list(resolved.values()), target)
+                member_maps = {m: by_name[resolved[m]] for m in methods}
+            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            if tta:
+                p = (p[:n] + p[n:]) / 2.0
+                member_maps = {m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in member_maps.items()}
+            probs.append(p)
+            for m in methods:
+                maps[m].append(member_maps[m])
+        return np.mean(probs, axis=0), maps
+
+    @staticmethod
+    def combine_maps(member_maps: Sequence[np.ndarray], index: int, size: tuple[int, int]) -> np.ndarray:
+        """Image `index`'s heat map at `size` (H, W): members' maps resized, averaged, renormalised."""
+        resized = [resize_heatmap(maps[index], size) for maps in member_maps]
+        if len(resized) == 1:
+            return resized[0]
+        return normalise_map(np.mean(resized, axis=0))
+
+    def predict_images(self, images: Sequence[np.ndarray], *, cam: str | None = None,
+                       target: str = "abnormal", tta: bool = False
+                       ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Probabilities (N,) and heat maps at each image's own size (or None) for decoded 2-D images."""
+        if not len(images):
+            return np.zeros(0), ([] if cam is not None else None)
+        prob, member_maps = self.run_batches(self.prepare(images), cam=cam, target=target, tta=tta)
+        if member_maps is None:
+            return prob, None
+        heatmaps = [self.combine_maps(member_maps, i, np.asarray(img).shape[:2]) for i, img in enumerate(images)]
+        return prob, heatmaps
+
+    # ------------------------------------------------------------------ studies
+
+    def predict_study(
+        self,
+        views: Sequence[View] | Study,
+        *,
+        body_part: BodyPart | str | None = None,
+        cam: str | None = None,
+        target: str = "abnormal",
+        tta: bool = False,
+        aggregate: str = "mean",
+        window: tuple[float, float] | None = None,
+    ) -> StudyResult:
+        """Score every view of one study in one batch; unreadable views are reported, not fatal.
+
+        Args:
+            views: a `Study` or its views.
+            body_part: overrides the study's body part (which otherwise comes from the study, else
+                from the DICOM BodyPartExamined of the views, else UNKNOWN); picks the threshold.
+            cam: a method from `explain.CAM_METHODS`, ``"auto"`` for the model's default, or None
+                for scores only (fastest).
+            target: ``"abnormal"`` or ``"normal"``: which decision the heat maps explain.
+            tta: also score horizontally flipped views and average.
+            aggregate: ``"mean"`` (MURA) or ``"max"`` of the view probabilities.
+            window: DICOM (center, width) override passed to the decoder.
+        """
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {aggregate!r}; choose 'mean' or 'max'")
+        if cam is not None and cam not in AUTO_CAM:
+            for member in self.members:
+                self._method_for(member, cam)  # fail early, before decoding
+        study = views if isinstance(views, Study) else None
+        view_list = list(study.views if study is not None else views)
+        results = [_decode(view, window) for view in view_list]
+        good = [i for i, r in enumerate(results) if r.image is not None]
+        if good:
+            prob, heatmaps = self.predict_images([results[i].image for i in good], cam=cam, target=target, tta=tta)
+            for k, i in enumerate(good):
+                results[i].probability = float(prob[k])
+                if heatmaps is not None:
+                    results[i].heatmap = heatmaps[k]
+                    results[i].peak = heatmap_peak(heatmaps[k]) if heatmaps[k].max() > 0 else None
+        part = _resolve_body_part(body_part, study, results)
+        threshold = self.threshold_for(part)
+        probability = study_probability([r.probability for r in results if r.probability is not None], aggregate)
+        driving = max(good, key=lambda i: results[i].probability) if good else None
+        return StudyResult(
+            probability=probability, threshold=threshold,
+            abnormal=None if probability is None else bool(probability >= threshold),
+            body_part=part.value, aggregate=aggregate, views=results, driving_view=driving,
+            model_name=self.name, cam=self.resolve_cam(cam), target=target, tta=tta)
+
+
+def _decode(view: View, window: tuple[float, float] | None) -> ViewResult:
+    """Decode one view into a ViewResult holding its image, or the reason it failed."""
+    try:
+        decoded = decode_view(view, window=window)
+    except DecodeError as error:
+        return ViewResult(name=view.name, error=error.reason)
+    except Exception as error:  # noqa: BLE001 - a view must never take the study down
+        return ViewResult(name=view.name, error=f"could not read ({type(error).__name__})")
+    return ViewResult(name=view.name, image=decoded.pixels, meta=decoded.meta)
+
+
+def _resolve_body_part(explicit: BodyPart | str | None, study: Study | None,
+                       results: Sequence[ViewResult]) -> BodyPart:
+    """Explicit choice, else the study's, else the most common DICOM body part of the views."""
+    if explicit is not None and BodyPart.parse(getattr(explicit, "value", explicit)) is not BodyPart.UNKNOWN:
+        return BodyPart.parse(getattr(explicit, "value", explicit))
+    if study is not None and study.body_part is not BodyPart.UNKNOWN:
+        return BodyPart(study.body_part)
+    parts = Counter(BodyPart.parse(r.meta.body_part) for r in results if r.meta is not None and r.meta.body_part)
+    parts.pop(BodyPart.UNKNOWN, None)
+    return parts.most_common(1)[0][0] if parts else BodyPart.UNKNOWN

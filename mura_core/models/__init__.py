@@ -1,0 +1,1 @@
+"""Models: the architecture registry, the checkpoint format, the weights folder and devices."""

@@ -1,0 +1,141 @@
+"""The weights folder and its index: where shipped checkpoints live, resolved in ONE place.
+
+The folder is ``$MURA_WEIGHTS_DIR`` when set, else the repository's ``weights/``; every function
+below takes an explicit ``weights_dir`` or falls back to `weights_folder()`. ``index.json`` names each
+checkpoint's file and sha256 (checked on every load), the default model and the ensembles.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mura_core.data.roots import REPO_ROOT
+from mura_core.models.checkpoints import CheckpointError, LoadedModel, ModelCard, load_checkpoint
+from mura_core.models.registry import get_arch
+
+__all__ = [
+    "INDEX_NAME",
+    "MURA_WEIGHTS_ENV",
+    "WEIGHTS_DIR",
+    "list_ensembles",
+    "list_weights",
+    "load_weights",
+    "read_index",
+    "register_weights",
+    "report_folder",
+    "resolve_weights",
+    "weights_folder",
+    "write_index",
+]
+
+MURA_WEIGHTS_ENV = "MURA_WEIGHTS_DIR"
+"""Environment setting that points the app, the commands and `Predictor` at another weights folder."""
+
+WEIGHTS_DIR = REPO_ROOT / "weights"
+"""The repository's shipped weights folder."""
+
+INDEX_NAME = "index.json"
+
+
+def weights_folder(weights_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """`weights_dir` when given, else ``$MURA_WEIGHTS_DIR`` when set, else the repository's ``weights/``."""
+    if weights_dir is not None:
+        return Path(weights_dir)
+    env = os.environ if env is None else env
+    if env.get(MURA_WEIGHTS_ENV):
+        return Path(env[MURA_WEIGHTS_ENV]).expanduser()
+    return WEIGHTS_DIR
+
+
+def report_folder(name: str, weights_dir: str | Path | None = None) -> Path:
+    """Where the evaluate report of indexed weights `name` lives: ``<weights folder>/<name>.report``."""
+    return weights_folder(weights_dir) / f"{name}.report"
+
+
+def read_index(weights_dir: str | Path | None = None) -> dict[str, Any]:
+    """The index of shipped weights ({"default": None, "models": {}} when there is none)."""
+    weights_dir = weights_folder(weights_dir)
+    path = Path(weights_dir) / INDEX_NAME
+    if not path.is_file():
+        return {"default": None, "models": {}, "ensembles": {}}
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights index: {exc}") from exc
+    index.setdefault("default", None)
+    index.setdefault("models", {})
+    index.setdefault("ensembles", {})
+    return index
+
+
+def write_index(index: dict[str, Any], weights_dir: str | Path | None = None) -> Path:
+    """Write `index.json` (sorted, indented) and return its path."""
+    weights_dir = weights_folder(weights_dir)
+    path = Path(weights_dir) / INDEX_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def register_weights(path: str | Path, card: ModelCard, sha256: str, *, description: str = "",
+                     default: bool = False, weights_dir: str | Path | None = None) -> dict[str, Any]:
+    """Add (or replace) one checkpoint in the index; `default` makes it the app's default."""
+    weights_dir = weights_folder(weights_dir)
+    index = read_index(weights_dir)
+    path = Path(path)
+    try:
+        file = str(path.resolve().relative_to(Path(weights_dir).resolve()))
+    except ValueError:
+        file = str(path)
+    index["models"][card.name] = {"file": file, "sha256": sha256, "arch": card.arch,
+                                  "description": description or get_arch(card.arch).description}
+    if default or not index.get("default"):
+        index["default"] = card.name
+    write_index(index, weights_dir)
+    return index
+
+
+def list_weights(weights_dir: str | Path | None = None) -> list[str]:
+    """Names of the indexed checkpoints, the default first."""
+    weights_dir = weights_folder(weights_dir)
+    index = read_index(weights_dir)
+    names = sorted(index["models"])
+    default = index.get("default")
+    return ([default] if default in names else []) + [n for n in names if n != default]
+
+
+def list_ensembles(weights_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """Ensembles named in the index: name -> member checkpoint names (probabilities are averaged)."""
+    weights_dir = weights_folder(weights_dir)
+    return {k: list(v) for k, v in read_index(weights_dir).get("ensembles", {}).items()}
+
+
+def resolve_weights(name_or_path: str | Path | None = None,
+                    weights_dir: str | Path | None = None) -> tuple[Path, str | None]:
+    """(file, expected sha256) for an indexed name (None -> the default) or (path, None) for a file."""
+    weights_dir = weights_folder(weights_dir)
+    index = read_index(weights_dir)
+    name = name_or_path if name_or_path is not None else index.get("default")
+    if name is None:
+        raise CheckpointError(f"no default weights: {Path(weights_dir) / INDEX_NAME} is missing or empty")
+    entry = index["models"].get(str(name))
+    if entry is not None:
+        return Path(weights_dir) / entry["file"], entry.get("sha256")
+    path = Path(name)
+    if path.is_file():
+        return path, None
+    known = ", ".join(sorted(index["models"])) or "none"
+    raise CheckpointError(f"no weights named {str(name)!r} and no such file; indexed weights: {known}")
+
+
+def load_weights(name: str | Path | None = None, device: str | torch.device = "cpu",
+                 weights_dir: str | Path | None = None) -> LoadedModel:
+    """Load indexed weights by name (sha256 verified) or a checkpoint file by path."""
+    weights_dir = weights_folder(weights_dir)
+    path, sha = resolve_weights(name, weights_dir)
+    return load_checkpoint(path, expected_sha256=sha, device=device)

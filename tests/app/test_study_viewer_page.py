@@ -1,0 +1,143 @@
+"""AppTest: the study viewer scores an uploaded study, shows overlays, survives a corrupt file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fixtures.app import REPO_ROOT, build_tiny_weights, real_views, start_app
+
+APP = str(REPO_ROOT / "app.py")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return build_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture
+def viewer(weights: Path, monkeypatch) -> AppTest:
+    at = start_app(weights, monkeypatch)
+    at.switch_page("pages/study_viewer.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
+    at.file_uploader(key="viewer_upload").set_value([(n, b, "application/octet-stream") for n, b in files])
+    return at.run()
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_viewer_waits_for_upload(viewer: AppTest):
+    assert viewer.title[0].value == "Study viewer"
+    assert not viewer.metric and not viewer.error
+    assert any("Upload the views" in m.value for m in viewer.markdown)
+
+
+def test_upload_real_study_shows_probabilities_and_overlays(viewer: AppTest):
+    paths = real_views(3)
+    if len(paths) < 3:
+        pytest.skip("real radiographs not available")
+    at = _upload(viewer, [(p.name, p.read_bytes()) for p in paths])
+    assert not at.exception, at.exception
+    metrics = _metrics(at)
+    assert metrics["Study probability (abnormal)"].endswith("%")
+    assert metrics["Decision"] in {"Abnormal", "Normal"}
+    captions = [c for img in at.image for c in img.captions]
+    overlays = [c for c in captions if "heat map" in c]
+    assert len(overlays) == 3 and all("P(abnormal)" in c and "%" in c for c in overlays)
+    assert len(captions) == 6                      # image + overlay per view
+    per_view = [float(m.value.rstrip("%")) for m in at.metric if m.label == "P(abnormal)"]
+    assert len(per_view) == 3
+    study = float(metrics["Study probability (abnormal)"].rstrip("%"))
+    assert study == pytest.approx(sum(per_view) / 3, abs=0.1)   # MURA: the mean of the views
+    assert any("The view that drove it" in m.value for m in at.markdown)
+    assert not at.error
+
+
+def test_corrupt_upload_is_an_error_card_and_others_score(viewer: AppTest):
+    paths = real_views(2)
+    if len(paths) < 2:
+        pytest.skip("real radiographs not available")
+    files = [(paths[0].name, paths[0].read_bytes()), ("broken.png", b"\x89PNG\r\n\x1a\nnot really a png"),
+             (paths[1].name, paths[1].read_bytes())]
+    at = _upload(viewer, files)
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "broken.png" in errors[0] and "could not be read" in errors[0]
+    assert "Traceback" not in errors[0]
+    overlays = [c for img in at.image for c in img.captions if "heat map" in c]
+    assert len(overlays) == 2
+    assert _metrics(at)["Study probability (abnormal)"].endswith("%")
+    assert any("1 file was unreadable" in m.value for m in at.markdown)
+
+
+def test_display_settings_do_not_rerun_the_model(viewer: AppTest):
+    from mura_core.app import services as app_state
+
+    paths = real_views(1)
+    if not paths:
+        pytest.skip("real radiographs not available")
+    at = _upload(viewer, [(paths[0].name, paths[0].read_bytes())])
+    cache = app_state.result_cache()
+    misses = cache.misses
+    at.slider(key="viewer_alpha").set_value(0.8).run()
+    at.selectbox(key="viewer_colormap").set_value("inferno").run()
+    at.slider(key="viewer_zoom").set_value(2.0).run()
+    assert not at.exception, at.exception
+    assert cache.misses == misses                  # every rerun was a cache hit
+    at.selectbox(key="viewer_cam").set_value("hirescam").run()
+    assert cache.misses == misses + 1              # a new CAM method scores again
+    assert "hirescam heat map" in " ".join(c for img in at.image for c in img.captions)
+
+
+def test_body_part_selector_sets_threshold(viewer: AppTest):
+    paths = real_views(1)
+    if not paths:
+        pytest.skip("real radiographs not available")
+    viewer.selectbox(key="viewer_part").set_value("WRIST").run()
+    at = _upload(viewer, [(paths[0].name, paths[0].read_bytes())])
+    metrics = _metrics(at)
+    assert metrics["Body part"] == "WRIST" and metrics["Threshold"] == "45.0%"   # the card's wrist threshold
+
+
+def test_no_weights_says_so(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(tmp_path / "empty"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert any("No trained weights" in e.value for e in at.error)
+    at.switch_page("pages/study_viewer.py").run()
+    assert not at.exception
+    at.file_uploader(key="viewer_upload").set_value([("x.png", b"junk", "image/png")])
+    at.run()
+    assert not at.exception
+    assert any("No trained weights" in e.value for e in at.error)
+
+
+def _all_text(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "error", "info", "warning") for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [c for img in at.image for c in img.captions]
+    parts += [str(df.value.to_dict()) for df in at.dataframe]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_dicom_upload_body_part_from_tag_and_no_identifying_tags(viewer: AppTest):
+    from fixtures.build import dicom_bytes
+
+    data = dicom_bytes(rows=96, cols=80, body_part="ELBOW", window=(2000.0, 4000.0))
+    at = _upload(viewer, [("study.dcm", data)])
+    assert not at.exception, at.exception
+    assert _metrics(at)["Body part"] == "ELBOW"               # read from BodyPartExamined
+    text = _all_text(at)
+    assert "SECRET" not in text and "19000101" not in text     # no identifying tag anywhere
+    assert "DICOM" in text and "CR" in text                    # technical facts are shown
+    at.checkbox(key="viewer_window_on").check().run()
+    at.number_input(key="viewer_wc").set_value(1000.0).run()
+    assert not at.exception, at.exception
+    assert "P(abnormal)" in " ".join(c for img in at.image for c in img.captions)

@@ -1,0 +1,91 @@
+"""Tests for mura_core.app.validation: report discovery, threshold recomputation, figures, kappas."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mura_core.app.validation import (MURA_PAPER_KAPPA, calibration_figure, calibration_points,
+                                      confusion_by_body_part, confusion_figure, kappa_comparison, kappas_by_body_part,
+                                      metrics_table, pointing_game_rows, roc_figure, single_class_parts)
+from mura_core.evaluation.reports import StudyPrediction
+
+PREDS = [
+    StudyPrediction("w1", "WRIST", 1, 0.9), StudyPrediction("w2", "WRIST", 0, 0.6),
+    StudyPrediction("w3", "WRIST", 0, 0.2), StudyPrediction("w4", "WRIST", 1, 0.4),
+    StudyPrediction("e1", "ELBOW", 1, 0.7), StudyPrediction("e2", "ELBOW", 0, 0.3),
+    StudyPrediction("x", "ELBOW", 0, None),   # unscored: ignored
+]
+
+
+def test_confusion_single_threshold_and_per_part():
+    at_half = confusion_by_body_part(PREDS, 0.5)
+    assert at_half["WRIST"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 1}
+    assert at_half["ELBOW"] == {"tn": 1, "fp": 0, "fn": 0, "tp": 1}
+    assert at_half["overall"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 2}
+    assert list(at_half) == ["ELBOW", "WRIST", "overall"]
+    per_part = confusion_by_body_part(PREDS, {"default": 0.5, "WRIST": 0.3})
+    assert per_part["WRIST"] == {"tn": 1, "fp": 1, "fn": 0, "tp": 2}
+    low = confusion_by_body_part(PREDS, 0.0)
+    assert low["overall"]["tn"] == 0 and low["overall"]["fp"] == 3
+
+
+def test_metrics_table_has_intervals_and_moves_with_threshold():
+    table = metrics_table(PREDS, 0.5, n_bootstrap=200)
+    rows = {r["body part"]: r for r in table}
+    assert set(rows) == {"ELBOW", "WRIST", "overall"} and rows["overall"]["n"] == 6
+    assert rows["WRIST"]["sensitivity"].startswith("0.500 (")
+    assert rows["ELBOW"]["threshold"] == 0.5
+    assert metrics_table(PREDS, 0.1, n_bootstrap=0)[-1]["sensitivity"] == "1.000"
+    assert metrics_table([], 0.5) == []
+
+
+def test_kappas_and_comparison():
+    kappas = kappas_by_body_part(PREDS, 0.5)
+    assert kappas["ELBOW"] == pytest.approx(1.0) and kappas["WRIST"] == pytest.approx(0.0)
+    rows = {r["body part"]: r for r in kappa_comparison(kappas)}
+    assert rows["ELBOW"]["this model"] == 1.0 and rows["HAND"]["this model"] is None
+    assert rows["WRIST"]["radiologist (best, paper)"] == 0.931 and rows["overall"]["model (paper)"] == 0.705
+
+
+def test_single_class_parts():
+    preds = PREDS + [StudyPrediction("f1", "FINGER", 1, 0.8), StudyPrediction("f2", "FINGER", 1, 0.3)]
+    assert single_class_parts(preds) == ["FINGER"]
+    assert single_class_parts(PREDS) == []
+    kappas = kappas_by_body_part(preds, 0.5)
+    assert kappas["FINGER"] is None and kappas["ELBOW"] == pytest.approx(1.0)
+    rows = {r["body part"]: r for r in metrics_table(preds, 0.5, n_bootstrap=0)}
+    assert rows["FINGER"]["kappa"] == "—" and rows["ELBOW"]["kappa"] == "1.000"
+
+
+def test_paper_kappas_are_plausible():
+    for part, (radiologist, model) in MURA_PAPER_KAPPA.items():
+        assert 0 < model <= 1 and 0 < radiologist <= 1, part
+    # The paper's abstract: the model is at or below the best radiologist on every body part.
+    assert all(model <= radiologist + 1e-9 for radiologist, model in MURA_PAPER_KAPPA.values())
+
+
+def test_pointing_game_rows():
+    report = {"pointing_game": {"methods": {"cam": {"n": 10, "hits": 6, "hit_rate": 0.6, "ci95": [0.31, 0.83],
+                                                    "centre_baseline": 0.3, "random_baseline": 0.12}}}}
+    (row,) = pointing_game_rows(report)
+    assert row["heat-map method"] == "cam" and row["peak inside a box"] == "0.600 (0.310–0.830)"
+    assert row["image-centre baseline"] == 0.3
+    assert pointing_game_rows({}) == [] and pointing_game_rows({"pointing_game": None}) == []
+
+
+def test_figures_build():
+    fig = confusion_figure(confusion_by_body_part(PREDS, 0.5))
+    assert len(fig.data) == 3
+    assert [list(r) for r in fig.data[0].z] == [[2, 1], [1, 2]]                # overall first: [[tn, fp], [fn, tp]]
+    assert fig.layout.annotations[0].text.startswith("Overall (n=6)")
+    roc = roc_figure(PREDS, {"default": 0.5})
+    names = [t.name for t in roc.data]
+    assert any(n.startswith("Overall (AUC") for n in names)
+    assert any(n == "overall operating point" for n in names)
+    mean_pred, frac = calibration_points(PREDS, n_bins=2)
+    assert len(mean_pred) == len(frac) == 2 and frac == pytest.approx([1 / 3, 2 / 3])
+    assert len(calibration_figure(PREDS).data) == 3
+    assert calibration_points([StudyPrediction("a", "WRIST", 1, 0.5)]) is None

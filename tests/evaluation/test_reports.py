@@ -1,0 +1,83 @@
+"""Tests for mura_core.evaluation.reports: the one reader/writer of evaluate outputs, one study averaging."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mura_core.app.validation import describe_report
+from mura_core.evaluation import reports as M
+from mura_core.evaluation.reports import find_reports, load_report, read_predictions, thresholds_of
+
+
+def test_read_predictions_image_rows_averaged(tmp_path: Path):
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("study_id,image,body_part,label,probability,split\n"
+                   "s1,a.png,WRIST,1,0.8,valid\n"
+                   "s1,b.png,WRIST,1,0.4,valid\n"
+                   "s2,c.png,,0,0.1,valid\n"
+                   "s3,d.png,,0,,valid\n")
+    preds = {p.study_id: p for p in read_predictions(csv)}
+    assert preds["s1"].probability == pytest.approx(0.6) and preds["s1"].body_part == "WRIST"
+    assert preds["s2"].body_part == "UNKNOWN" and preds["s2"].label == 0
+    assert preds["s3"].probability is None
+
+
+def test_read_predictions_study_level_rows_preferred(tmp_path: Path):
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("level,study_id,label,probability\n"
+                   "image,s1,1,0.1\nimage,s1,1,0.3\nstudy,s1,1,0.9\n")
+    (pred,) = read_predictions(csv)
+    assert pred.probability == pytest.approx(0.9)
+
+
+def test_read_predictions_rejects_unknown_columns(tmp_path: Path):
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("foo,bar\n1,2\n")
+    with pytest.raises(ValueError, match="study id"):
+        read_predictions(csv)
+
+
+def test_find_and_load_reports(tmp_path: Path):
+    rep = tmp_path / "tiny.report"
+    rep.mkdir()
+    (rep / "report.json").write_text(json.dumps({"thresholds": {"default": 0.4, "WRIST": 0.6}, "split": "valid"}))
+    (rep / "predictions.csv").write_text("study_id,body_part,label,probability\ns1,WRIST,1,0.7\n")
+    other = tmp_path / "runs" / "eval1"
+    other.mkdir(parents=True)
+    (other / "report.json").write_text("{}")
+    refs = find_reports([tmp_path])
+    assert [r.name for r in refs] == ["runs/eval1", "tiny"]
+    assert refs[0].predictions is None
+    report, preds = load_report(refs[1])
+    assert thresholds_of(report) == {"default": 0.4, "WRIST": 0.6}
+    assert preds[0].probability == pytest.approx(0.7)
+    assert "split: valid" in describe_report(report)
+    assert find_reports([tmp_path / "missing"]) == []
+    (rep / "study_predictions.csv").write_text("study,body_part,label,probability,level\ns1,WRIST,1,0.9,study\n")
+    ref = find_reports([tmp_path])[1]
+    assert ref.predictions.name == "study_predictions.csv"
+    assert load_report(ref)[1][0].probability == pytest.approx(0.9)
+
+
+def test_thresholds_of_fallbacks():
+    assert thresholds_of({}) == {"default": 0.5}
+    assert thresholds_of({"card": {"thresholds": {"default": 0.3}}}) == {"default": 0.3}
+
+
+def test_aggregate_studies_mean_max_and_errors():
+    rows = [
+        ("s1", "WRIST", 1, 0.2), ("s1", "WRIST", 1, 0.8), ("s1", "WRIST", 1, None),
+        ("s2", "", 0, 0.1), ("s2", "ELBOW", 0, 0.3),
+        ("s3", None, None, None),
+    ]
+    mean = M.aggregate_studies(rows, "mean")
+    assert [r.study_id for r in mean] == ["s1", "s2", "s3"]
+    assert mean[0].probability == pytest.approx(0.5) and mean[0].n_images == 3
+    assert mean[1].body_part == "ELBOW" and mean[1].label == 0
+    assert mean[2].probability is None and mean[2].label is None and mean[2].body_part == "UNKNOWN"
+    mx = M.aggregate_studies(rows, "max")
+    assert mx[0].probability == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        M.aggregate_studies(rows, "median")

@@ -1,0 +1,369 @@
+"""Tests for mura_core.explain.cams: formulas vs pytorch-grad-cam, CAM == HiResCAM, localisation, hooks, threads."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mura_core.explain import cams as E
+from mura_core.models.registry import ArchSpec, create_model, get_arch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ---------------------------------------------------------------- a toy model trained to find a bright square
+
+class ToyCNN(nn.Module):
+    """Three 3x3 convolutions, global average pool, one Linear: classic CAM applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.classifier = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+TOY_SPEC = ArchSpec(
+    name="toy", builder=lambda **kw: ToyCNN(), default_image_size=32,
+    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), description="test toy",
+    cam_target_layer=lambda m: m.features[-1],
+    classic_cam=lambda m: (m.features[-1], m.classifier.weight[0]))
+
+SIZE, SQUARE = 32, 6
+
+
+def _square_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Noisy grey images; label 1 images hold a bright SQUARE x SQUARE patch at a random place."""
+    x = 0.3 + 0.1 * torch.rand(n, 1, SIZE, SIZE, generator=gen)
+    y = (torch.rand(n, generator=gen) < 0.5).float()
+    corners = []
+    for i in range(n):
+        r, c = (int(v) for v in torch.randint(0, SIZE - SQUARE, (2,), generator=gen))
+        corners.append((r, c))
+        if y[i] > 0:
+            x[i, 0, r:r + SQUARE, c:c + SQUARE] = 0.95
+    return ((x.expand(-1, 3, -1, -1) - 0.5) / 0.25).contiguous(), y, corners
+
+
+@pytest.fixture(scope="module")
+def trained_toy() -> ToyCNN:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = ToyCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        x, y, _ = _square_batch(24, gen)
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "hirescam", "gradcam++", "layercam", "xgradcam"])
+def test_heatmap_peak_lands_in_planted_square(trained_toy, method):
+    gen = torch.Generator().manual_seed(123)
+    x, y, corners = _square_batch(40, gen)
+    positives = [i for i in range(40) if y[i] > 0]
+    with torch.inference_mode():
+        acc = ((trained_toy(x)[:, 0] > 0).float() == y).float().mean().item()
+    assert acc > 0.9, f"toy model did not learn the square (accuracy {acc:.2f})"
+    maps, _ = E.explain_batch(trained_toy, TOY_SPEC, x[positives], method)
+    hits = 0
+    for k, i in enumerate(positives):
+        px, py = E.heatmap_peak(maps[k])
+        r, c = corners[i]
+        tol = 1.5  # pixels: the feature map is half the input resolution
+        hits += (c - tol <= px * SIZE <= c + SQUARE + tol) and (r - tol <= py * SIZE <= r + SQUARE + tol)
+    assert hits / len(positives) >= 0.8, f"{method}: only {hits}/{len(positives)} peaks in the square"
+
+
+def test_normal_target_negates_classic_cam(trained_toy):
+    gen = torch.Generator().manual_seed(5)
+    x, _, _ = _square_batch(4, gen)
+    normal_cam, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "cam", target="normal")
+    normal_hires, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "hirescam", target="normal")
+    abnormal_cam, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "cam", target="abnormal")
+    np.testing.assert_allclose(normal_cam, normal_hires, atol=1e-4)
+    assert not np.allclose(normal_cam, abnormal_cam, atol=1e-2)
+
+
+# ---------------------------------------------------------------- the DenseNet trap and the reference library
+
+def test_classic_cam_equals_hirescam_on_densenet121():
+    """With the non-inplace relu5 target, HiResCAM = CAM / (h*w) exactly, so normalised maps agree."""
+    torch.manual_seed(1)
+    model = create_model("densenet121").eval()
+    spec = get_arch("densenet121")
+    assert isinstance(spec.cam_target_layer(model), nn.ReLU) and not spec.cam_target_layer(model).inplace
+    x = torch.randn(2, 3, 96, 96)
+    cam, logits_cam = E.explain_batch(model, spec, x, "cam")
+    hires, logits_hires = E.explain_batch(model, spec, x, "hirescam")
+    assert cam.shape == (2, 96, 96) and cam.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(cam, hires, atol=1e-4)
+    with torch.inference_mode():
+        ref = model(x)[:, 0].numpy()
+    np.testing.assert_allclose(logits_cam, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits_hires, ref, rtol=1e-4, atol=1e-4)
+    assert _hooks(model) == 0
+
+
+LIBRARY = {"gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam++": "GradCAMPlusPlus",
+           "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+
+
+@pytest.mark.parametrize("method", sorted(LIBRARY))
+@pytest.mark.parametrize("arch", ["shallow_cnn", "mobilenet_v2"])
+def test_gradient_methods_match_pytorch_grad_cam(arch, method):
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    torch.manual_seed(2)
+    model = create_model(arch).eval()
+    spec = get_arch(arch)
+    x = torch.randn(2, 3, 64, 64)
+    ours, _ = E.explain_batch(model, spec, x, method)
+    cam = getattr(pytorch_grad_cam, LIBRARY[method])(model=model, target_layers=[spec.cam_target_layer(model)])
+    try:
+        ref = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * 2)
+    finally:
+        cam.activations_and_grads.release()
+    ref = E.normalise_map(ref)
+    # Same maps up to the library's epsilons and our final re-normalisation.
+    assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
+    assert np.abs(ours - ref).max() < 0.05
+
+
+def test_eigencam_is_class_agnostic_and_in_range():
+    torch.manual_seed(3)
+    model = create_model("shallow_cnn").eval()
+    spec = get_arch("shallow_cnn")
+    x = torch.randn(2, 3, 32, 32)
+    a, _ = E.explain_batch(model, spec, x, "eigencam", target="abnormal")
+    b, _ = E.explain_batch(model, spec, x, "eigencam", target="normal")
+    np.testing.assert_allclose(a, b)
+    assert a.min() >= 0 and a.max() == pytest.approx(1.0)
+
+
+def test_hybrid_gradcam_is_not_blank():
+    """The hybrid's target layer must let the CLS logit's gradient reach patch tokens."""
+    torch.manual_seed(4)
+    model = create_model("hybrid").eval()
+    spec = get_arch("hybrid")
+    maps, logits = E.explain_batch(model, spec, torch.randn(1, 3, 64, 64), "gradcam")
+    assert maps.shape == (1, 64, 64) and logits.shape == (1,)
+    assert maps.max() == pytest.approx(1.0)
+
+
+def test_classic_cam_refused_without_pooled_head():
+    model = create_model("shallow_cnn").eval()
+    spec = get_arch("shallow_cnn")
+    assert E.default_method(model, spec) == "gradcam"
+    assert "cam" not in E.available_methods(model, spec)
+    with pytest.raises(E.ExplainError):
+        E.explain_batch(model, spec, torch.zeros(1, 3, 32, 32), "cam")
+    assert _hooks(model) == 0
+
+
+@pytest.mark.parametrize("method,target", [("nope", "abnormal"), ("cam", "sideways")])
+def test_bad_method_or_target(method, target):
+    model = ToyCNN().eval()
+    with pytest.raises(E.ExplainError):
+        E.explain_batch(model, TOY_SPEC, torch.zeros(1, 3, 16, 16), method, target)
+
+
+def test_slow_methods_marked_and_run_on_a_tiny_model():
+    assert {"scorecam", "ablationcam"} <= E.SLOW_METHODS
+    assert E.SLOW_METHODS < set(E.CAM_METHODS)
+    torch.manual_seed(6)
+    model = ToyCNN().eval()
+    x = torch.randn(1, 3, 16, 16)
+    maps, logits = E.explain_batch(model, TOY_SPEC, x, "scorecam")
+    assert maps.shape == (1, 16, 16) and 0 <= maps.min() and maps.max() <= 1
+    with torch.inference_mode():
+        assert logits[0] == pytest.approx(model(x)[0, 0].item(), abs=1e-5)
+    assert _hooks(model) == 0
+
+
+# ---------------------------------------------------------------- hooks and threads
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "eigencam"])
+def test_no_leftover_hooks_and_grad_mode_restored(method):
+    model = ToyCNN().eval()
+    assert torch.is_grad_enabled()
+    E.explain_batch(model, TOY_SPEC, torch.randn(2, 3, 16, 16), method)
+    assert _hooks(model) == 0
+    assert torch.is_grad_enabled()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
+def test_gradient_methods_work_inside_callers_no_grad_contexts(trained_toy, context):
+    x = torch.randn(2, 3, 32, 32)
+    expected, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "gradcam")
+    with context():
+        got, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "gradcam")
+        assert not torch.is_grad_enabled()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_hooks_released_after_an_error():
+    model = ToyCNN().eval()
+    broken = dataclasses.replace(TOY_SPEC, reshape_transform=lambda t: t.flatten(1))  # makes maps 2-D
+    with pytest.raises(E.ExplainError):
+        E.explain_batch(model, broken, torch.randn(1, 3, 16, 16), "gradcam")
+    assert _hooks(model) == 0 and torch.is_grad_enabled()
+
+
+def test_threads_sharing_one_model_match_sequential(trained_toy):
+    gen = torch.Generator().manual_seed(9)
+    inputs = [_square_batch(2, gen)[0] for _ in range(8)]
+    methods = ["cam", "gradcam", "hirescam", "layercam"] * 2
+    expected = [E.explain_batch(trained_toy, TOY_SPEC, x, m) for x, m in zip(inputs, methods)]
+    got: list = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(3):
+            got[i] = E.explain_batch(trained_toy, TOY_SPEC, inputs[i], methods[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (m_exp, l_exp), (m_got, l_got) in zip(expected, got):
+        np.testing.assert_array_equal(m_got, m_exp)
+        np.testing.assert_array_equal(l_got, l_exp)
+    assert _hooks(trained_toy) == 0
+
+
+def test_unhooked_forward_in_other_thread_is_undisturbed(trained_toy):
+    """A plain forward on another thread while hooks are registered gives its normal output."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        ref = trained_toy(x)
+    capture = E._Capture(with_grad=True)
+    out = {}
+    with E._hooked(TOY_SPEC.cam_target_layer(trained_toy), capture):
+        t = threading.Thread(target=lambda: out.setdefault("y", trained_toy(x).detach()))
+        t.start()
+        t.join()
+    assert capture.activation is None
+    torch.testing.assert_close(out["y"], ref)
+
+
+# ---------------------------------------------------------------- numpy helpers
+
+def test_normalise_keeps_max_as_max_and_flat_is_zero():
+    m = np.array([[[0.0, 2.0], [1.0, 4.0]], [[3.0, 3.0], [3.0, 3.0]]])
+    out = E.normalise_map(m)
+    np.testing.assert_allclose(out[0], [[0, 0.5], [0.25, 1.0]])
+    np.testing.assert_array_equal(out[1], 0)
+    tiny = E.normalise_map(np.array([[1e-9, 2e-9], [0.0, 4e-9]]))
+    assert tiny.max() == 1.0 and tiny[1, 1] == 1.0
+
+
+def test_resize_heatmap_to_original_size():
+    h = np.zeros((4, 4), np.float32)
+    h[0, 3] = 1.0
+    out = E.resize_heatmap(h, (30, 50))
+    assert out.shape == (30, 50) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    x, y = E.heatmap_peak(out)
+    assert x > 0.75 and y < 0.25
+
+
+def test_heatmap_peak_convention():
+    h = np.zeros((10, 20), np.float32)
+    h[2, 5] = 1.0
+    assert E.heatmap_peak(h) == pytest.approx(((5 + 0.5) / 20, (2 + 0.5) / 10))
+    assert E.heatmap_peak(np.zeros((4, 4))) == pytest.approx((0.5, 0.5))  # flat: centre
+    with pytest.raises(ValueError):
+        E.heatmap_peak(np.zeros(3))
+
+
+@pytest.mark.parametrize("colormap", ["jet", "inferno", "viridis", "magma", "turbo", "JET"])
+def test_overlay_rgb_uint8_at_image_size(colormap):
+    image = np.linspace(0, 1, 40 * 60, dtype=np.float32).reshape(40, 60)
+    heat = np.zeros((8, 8), np.float32)
+    heat[4, 4] = 1.0
+    out = E.overlay(image, heat, colormap=colormap, alpha=0.5)
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+
+
+def test_overlay_alpha_extremes_and_colour_order():
+    image = np.full((10, 10), 0.5, np.float32)
+    heat = np.ones((10, 10), np.float32)
+    plain = E.overlay(image, heat, alpha=0.0)
+    assert (plain == 128).all()
+    full = E.overlay(image, heat, colormap="jet", alpha=1.0)
+    assert full[0, 0, 0] > full[0, 0, 2]  # jet's maximum is red: RGB order, not BGR
+    with pytest.raises(ValueError):
+        E.overlay(image, heat, colormap="nope")
+    with pytest.raises(ValueError):
+        E.overlay(image, heat, alpha=1.5)
+
+
+EXPECTED_DEFAULT = {"densenet169": "cam", "densenet121": "cam", "efficientnet_lite0": "cam", "mobilenet_v2": "cam",
+                    "resnet50": "cam", "hybrid": "gradcam", "shallow_cnn": "gradcam", "vgg19_bn": "gradcam"}
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED_DEFAULT))
+def test_every_registered_arch_explains(arch):
+    """Default method and Grad-CAM run on every architecture: right shapes, same logits as a plain forward."""
+    from mura_core.models.registry import list_models
+
+    assert arch in list_models()
+    torch.manual_seed(7)
+    model = create_model(arch).eval()
+    spec = get_arch(arch)
+    assert E.default_method(model, spec) == EXPECTED_DEFAULT[arch]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)[:, 0].numpy()
+    for method in {E.default_method(model, spec), "gradcam"}:
+        maps, logits = E.explain_batch(model, spec, x, method)
+        assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+        assert 0 <= maps.min() and maps.max() <= 1
+        np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+    assert _hooks(model) == 0
+
+
+def test_explain_many_equals_one_by_one(trained_toy):
+    gen = torch.Generator().manual_seed(11)
+    x, _, _ = _square_batch(3, gen)
+    methods = ["cam", "gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "eigencam"]
+    together, logits = E.explain_many(trained_toy, TOY_SPEC, x, methods)
+    assert list(together) == methods
+    for method in methods:
+        alone, alone_logits = E.explain_batch(trained_toy, TOY_SPEC, x, method)
+        np.testing.assert_allclose(together[method], alone, atol=1e-5, err_msg=method)
+        np.testing.assert_allclose(logits, alone_logits, atol=1e-5)
+    assert _hooks(trained_toy) == 0
+
+
+def test_explain_many_counts_one_forward(trained_toy):
+    calls = []
+    handle = trained_toy.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        E.explain_many(trained_toy, TOY_SPEC, torch.randn(2, 3, 32, 32), ["cam", "gradcam", "layercam", "eigencam"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1
