@@ -5,6 +5,7 @@ checkpoint built for the session (MURA_WEIGHTS_DIR). Screenshots go to test-outp
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -65,27 +66,43 @@ def e2e_weights(tmp_path_factory) -> Path:
     return build_tiny_weights(tmp_path_factory.mktemp("e2e_weights"))
 
 
-@pytest.fixture(scope="session")
-def app_url(e2e_weights: Path, tmp_path_factory) -> str:
-    """Start `streamlit run app.py` on a free local port; yields its URL; stops it afterwards."""
+@contextlib.contextmanager
+def streamlit_server(weights: Path, log_path: Path):
+    """A fresh `streamlit run app.py` on a free local port, its output in `log_path`; yields its URL."""
     port = _free_port()
-    env = dict(os.environ, MURA_WEIGHTS_DIR=str(e2e_weights), PYTHONUNBUFFERED="1")
-    log = (tmp_path_factory.mktemp("e2e_server") / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, FIRST_LOAD_S)
-        yield url
-    finally:
-        proc.terminate()
+    env = dict(os.environ, MURA_WEIGHTS_DIR=str(weights), PYTHONUNBUFFERED="1")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            _wait_healthy(url, proc, FIRST_LOAD_S)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+WIDGET_STATE_WARNING = "was created with a default value but also had its value set via the Session State API"
+"""Streamlit's warning for a widget given a value and also set through st.session_state: never allowed."""
+
+
+@pytest.fixture(scope="session")
+def server_log(tmp_path_factory) -> Path:
+    """The shared server's log file (read by tests that check for warnings)."""
+    return tmp_path_factory.mktemp("e2e_server") / "streamlit.log"
+
+
+@pytest.fixture(scope="session")
+def app_url(e2e_weights: Path, server_log: Path) -> str:
+    """One `streamlit run app.py` for the session; yields its URL; stops it afterwards."""
+    with streamlit_server(e2e_weights, server_log) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
