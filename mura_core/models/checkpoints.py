@@ -303,7 +303,7 @@ def render_card_markdown(card: ModelCard | dict[str, Any], sha256: str | None = 
     lines += _table(sorted(card.recipe.items()), ("setting", "value")) + [""]
     if metrics_section is not None:
         lines += [metrics_section]
-        metrics, per_part = {}, None
+        per_part = None
     else:
         lines += ["## Metrics (validation split)", ""]
         lines += _table([(k, v) for k, v in metrics.items() if not isinstance(v, dict)], ("metric", "value"))
