@@ -20,7 +20,7 @@ LEGACY_NAMES = ("app", "home", "study viewer", "dataset browser", "validation", 
 
 _SIDEBAR_STATE = """() => {
   const legacy = document.querySelector('[data-testid="stSidebarNav"]');
-  const links = Array.from(document.querySelectorAll('[data-testid="stSidebar"] a')).map(a => a.innerText.trim());
+  const links = Array.from(document.querySelectorAll('[data-testid="stSidebar"] a')).map(a => a.innerText.trim().split('\\n').pop().trim());
   const app = document.querySelector('[data-testid="stApp"]');
   return {legacy: legacy ? legacy.innerText : null, links: links,
           state: app ? app.getAttribute('data-test-script-state') : null,
