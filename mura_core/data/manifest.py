@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from mura_core.data.mura_folder import DatasetError
+from mura_core.data.mura_folder import MURA_CSV_SUFFIXES, DatasetError
 from mura_core.data.studies import BodyPart, Box, DatasetIndex, Study, View
 
 __all__ = ["MANIFEST_NAME", "MANIFEST_COLUMNS", "find_manifest", "parse_boxes", "parse_label", "read_manifest"]
@@ -148,3 +148,14 @@ def read_manifest(path: Path, split: str | None = None) -> DatasetIndex:
                 part=BodyPart.parse(row.get("body_part"))))
     studies = [_study_from_rows(study_id, rows, problems) for study_id, rows in groups.items()]
     return DatasetIndex(root=folder, kind="manifest", studies=studies, problems=problems)
+
+
+def detect(path: Path) -> bool:
+    """Whether `path` is a manifest CSV (not one of MURA's own CSVs) or a folder holding manifest.csv."""
+    if path.is_file():
+        return path.suffix.lower() == ".csv" and not path.name.endswith(MURA_CSV_SUFFIXES)
+    return find_manifest(path) is not None
+
+
+read = read_manifest
+"""The reader-table face: `read(path, split)`."""

@@ -34,6 +34,8 @@ __all__ = [
 
 MURA_FOLDER_NAME = "MURA-v1.1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MURA_CSV_SUFFIXES = ("_image_paths.csv", "_labeled_studies.csv")
+"""The names of MURA's own CSV files (e.g. valid_image_paths.csv)."""
 _PATH_PATTERN = re.compile(
     r"(?:^|/)(?P<split>[^/]+)/(?P<part>XR_[A-Z]+)/(?P<patient>patient\d+)/"
     r"(?P<study>study\d+)_(?P<outcome>positive|negative)(?:/(?P<image>[^/]+))?/?$")
@@ -309,3 +311,15 @@ def read_mura_folder(root: Path, split: str | None = None) -> DatasetIndex:
         else:
             studies.extend(_read_split_by_walking(mura, name, problems))
     return DatasetIndex(root=mura, kind="mura", studies=studies, problems=problems)
+
+
+def detect(path: Path) -> bool:
+    """Whether `path` is a MURA-v1.1 folder (or its parent) or one of its CSV files."""
+    if path.is_file():
+        return path.name.endswith(MURA_CSV_SUFFIXES)
+    return find_mura_root(path) is not None
+
+
+def read(path: Path, split: str | None = None) -> DatasetIndex:
+    """The reader-table face of `read_mura_folder` (a CSV file stands for its folder)."""
+    return read_mura_folder(path.parent if path.is_file() else path, split)

@@ -1,4 +1,8 @@
-"""Open any supported data set: a MURA-v1.1 folder (or its parent) or a manifest CSV (or its folder).
+"""Open any supported data set through ONE table of readers: a MURA-v1.1 folder (or its parent) or a
+manifest CSV (or its folder).
+
+Each reader is a module with ``detect(path) -> bool`` and ``read(path, split) -> DatasetIndex``; `READERS`
+lists them in the order they are tried. Adding a source = one module in `mura_core.data` + one row here.
 
 Usage:
     >>> index = open_dataset("../shared/data/bone-fracture-xr", split="valid")  # doctest: +SKIP
@@ -7,45 +11,57 @@ Usage:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from mura_core.data.manifest import MANIFEST_NAME, find_manifest, read_manifest
-from mura_core.data.mura_folder import DatasetError, find_mura_root, read_mura_folder
+from mura_core.data import manifest, mura_folder
+from mura_core.data.manifest import MANIFEST_NAME
+from mura_core.data.mura_folder import DatasetError
 from mura_core.data.studies import DatasetIndex
 
-__all__ = ["DatasetError", "detect_kind", "open_dataset"]
-
-_MURA_CSV_SUFFIXES = ("_image_paths.csv", "_labeled_studies.csv")
+__all__ = ["READERS", "DatasetError", "Reader", "detect_kind", "open_dataset"]
 
 
-def detect_kind(path: Path | str) -> str:
-    """'mura' or 'manifest' for a path; raises DatasetError when it is neither."""
-    path = Path(path).expanduser()
+@dataclass(frozen=True)
+class Reader:
+    """One data source: its kind (as `DatasetIndex.kind`), how to recognise it and how to read it."""
+
+    kind: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, str | None], DatasetIndex]
+
+
+READERS: list[Reader] = [
+    Reader("manifest", manifest.detect, manifest.read),
+    Reader("mura", mura_folder.detect, mura_folder.read),
+]
+"""Every data source, tried in order (a folder with manifest.csv is read as a manifest)."""
+
+
+def _reader_for(path: Path) -> Reader:
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
+    for reader in READERS:
+        if reader.detect(path):
+            return reader
     if path.is_file():
-        if path.name.endswith(_MURA_CSV_SUFFIXES):
-            return "mura"
-        if path.suffix.lower() == ".csv":
-            return "manifest"
         raise DatasetError(f"{path}: not a data set (expected a CSV file or a folder)")
-    if find_manifest(path) is not None:
-        return "manifest"
-    if find_mura_root(path) is not None:
-        return "mura"
     raise DatasetError(
         f"{path}: not a data set: expected a MURA-v1.1 folder (or its parent) with train/ or valid/ "
         f"holding XR_* folders or *_image_paths.csv, or a folder with {MANIFEST_NAME}")
 
 
+def detect_kind(path: Path | str) -> str:
+    """The kind of data set at `path` ('mura', 'manifest', ...); raises DatasetError when none fits."""
+    return _reader_for(Path(path).expanduser()).kind
+
+
 def open_dataset(path: Path | str, split: str | None = None) -> DatasetIndex:
-    """Index the data set at `path` (MURA folder or manifest), optionally one split only.
+    """Index the data set at `path` with the first reader that recognises it, optionally one split only.
 
     Raises:
-        DatasetError: when `path` is missing or is neither a MURA folder nor a manifest.
+        DatasetError: when `path` is missing or no reader recognises it.
     """
     path = Path(path).expanduser()
-    kind = detect_kind(path)
-    if kind == "mura":
-        return read_mura_folder(path.parent if path.is_file() else path, split)
-    return read_manifest(path, split)
+    return _reader_for(path).read(path, split)

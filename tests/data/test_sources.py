@@ -36,3 +36,14 @@ def test_folder_that_is_neither(tmp_path: Path):
 
 def test_real_shared_data(shared_data: Path):
     assert open_dataset(shared_data).kind == "manifest"
+
+
+def test_reader_table_is_consulted_in_order(tmp_path: Path, monkeypatch):
+    from mura_core.data import sources
+    from mura_core.data.studies import DatasetIndex
+
+    marker = tmp_path / "data.custom"
+    marker.write_text("x")
+    custom = sources.Reader("custom", lambda p: p.suffix == ".custom", lambda p, split: DatasetIndex(p, "custom", []))
+    monkeypatch.setattr(sources, "READERS", [*sources.READERS, custom])
+    assert detect_kind(marker) == "custom" and open_dataset(marker).kind == "custom"
