@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mura_core.data.roots import DEFAULT_DATA, REPO_ROOT
+
 __all__ = [
     "BenchConfig",
     "HEATMAP_METHODS",
@@ -76,8 +78,6 @@ __all__ = [
     "target_checks",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "bone-fracture-xr"
 """The shared bone-fracture-xr data (CC BY 4.0), read in place."""
 
 TARGET_ARCH = "densenet169"
