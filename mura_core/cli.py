@@ -11,7 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "index": ("mura_core.indexing", "count studies and images in a MURA folder or a manifest"),
     "predict": ("mura_core.predict_cli", "score one study (one or more image files) and write heat maps"),
     "evaluate": ("mura_core.evaluate", "score a data split and write metrics per body part"),
-    "train": ("mura_core.train", "train a model and write a checkpoint with its card"),
+    "train": ("mura_core.training.cli", "train a model and write a checkpoint with its card"),
 }
 
 
