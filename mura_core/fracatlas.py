@@ -35,7 +35,8 @@ Decisions (documented once, here):
 - Split: FracAtlas publishes no classification split; `SPLIT_RULE` makes one, per group, so that a
   near-duplicate pair never straddles it.
 - Problems never stop the reading: they are collected as "kind: detail" lines (missing file, file
-  without csv row, inconsistent row, no region, bad box, unreadable image). Rows without a file and
+  without csv row, inconsistent row, no region, bad box, unreadable image, conflicting duplicates: a
+  near-duplicate group whose images carry different labels). Rows without a file and
   files without a row are left out.
 
 Usage:
@@ -475,6 +476,14 @@ def read_fracatlas(root: Path | str, split: str | None = None, *,
             views=(View(name=f"images/{path.parent.name}/{name}", path=path, boxes=image_boxes),),
             body_part=part, label=label, patient_id=None, split=split_for_group(group),
             source="fracatlas", group=group))
+    members: dict[str, list[Study]] = {}
+    for study in studies:
+        members.setdefault(study.group, []).append(study)
+    for group, group_studies in members.items():
+        if len({s.label for s in group_studies}) > 1:
+            listed = ", ".join(f"{s.study_id}={s.label}" for s in group_studies)
+            problems.append(f"conflicting duplicates: near-duplicate group {group} has different labels "
+                            f"({listed}); labels kept as published")
     if split is not None:
         studies = [s for s in studies if s.split == split]
     return DatasetIndex(root=folder, kind="fracatlas", studies=studies, problems=problems)

@@ -153,6 +153,16 @@ def test_near_duplicates_share_group_and_split(atlas: Path):
     assert groups[atlas / "images/Non_fractured/IMG0000009.jpg"] == "IMG0000008"
 
 
+def test_duplicates_with_different_labels_are_reported(atlas: Path):
+    csv_file = atlas / "dataset.csv"
+    csv_file.write_text(csv_file.read_text().replace(
+        "IMG0000009.jpg,1,0,0,0,0,0,0,0,0", "IMG0000009.jpg,1,0,0,0,0,0,0,1,1"))
+    (atlas / "images/Non_fractured/IMG0000009.jpg").rename(atlas / "images/Fractured/IMG0000009.jpg")
+    index = read_fracatlas(atlas)
+    assert any(p.startswith("conflicting duplicates") and "IMG0000008=0" in p and "IMG0000009=1" in p
+               for p in index.problems)
+
+
 def test_split_is_deterministic_group_aware_and_filterable(atlas: Path):
     first = read_fracatlas(atlas)
     again = read_fracatlas(atlas, cache_file=False)
@@ -200,3 +210,4 @@ def test_real_fracatlas_counts():
     sizes = Counter(s.group for s in index.studies)
     assert max(sizes.values()) <= 10                         # no runaway chaining of different radiographs
     assert sum(1 for n in sizes.values() if n > 1) >= 50
+    assert any(p.startswith("conflicting duplicates") and "IMG0002738" in p for p in index.problems)
