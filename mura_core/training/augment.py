@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentParams", "draw_params", "augment_batch"]
+__all__ = ["AugmentParams", "draw_params", "augment_batch", "box_masks"]
 
 _AREA = (0.6, 1.0)
 _LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))
@@ -82,14 +82,39 @@ def _intensity(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tensor
     return ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
 
 
-def augment_batch(images: torch.Tensor, indices: Sequence[int], seed: int, epoch: int,
-                  max_rotation: float = 30.0, hflip: bool = True, mode: str = "paper") -> torch.Tensor:
-    """(B, S, S) uint8 -> (B, 1, S, S) float 0..1, each image warped and jittered by its own draw."""
-    x = images.float().div_(255.0).unsqueeze(1)
-    params = [draw_params(_sample_generator(seed, epoch, int(i)), mode, max_rotation, hflip) for i in indices]
+def _warp(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tensor:
     theta = torch.tensor([_theta(p) for p in params], dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def box_masks(boxes: Sequence[Sequence[Sequence[float]]], size: int) -> torch.Tensor:
+    """(B, S, S) float masks: 1 inside any of an image's finding boxes (0..1 coordinates), else 0."""
+    masks = torch.zeros(len(boxes), size, size)
+    for i, image_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in image_boxes:
+            c0, r0 = int(max(0.0, x0) * size), int(max(0.0, y0) * size)
+            c1, r1 = max(c0 + 1, int(round(min(1.0, x1) * size))), max(r0 + 1, int(round(min(1.0, y1) * size)))
+            masks[i, r0:r1, c0:c1] = 1.0
+    return masks
+
+
+def augment_batch(images: torch.Tensor, indices: Sequence[int], seed: int, epoch: int,
+                  max_rotation: float = 30.0, hflip: bool = True, mode: str = "paper",
+                  masks: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, S) uint8 -> (B, 1, S, S) float 0..1, each image warped and jittered by its own draw.
+
+    With `masks` ((B, S, S) box masks), returns (images, masks) with the masks warped the same way,
+    so finding boxes follow their image through crops, flips and rotations.
+    """
+    x = images.float().div_(255.0).unsqueeze(1)
+    params = [draw_params(_sample_generator(seed, epoch, int(i)), mode, max_rotation, hflip) for i in indices]
+    if masks is not None:
+        both = _warp(torch.cat([x, masks.float().unsqueeze(1)], dim=1), params)
+        x, warped_masks = both[:, :1], both[:, 1:]
+    else:
+        x, warped_masks = _warp(x, params), None
     if mode == "strong":
-        warped = _intensity(warped, params)
-    return warped.clamp_(0.0, 1.0)
+        x = _intensity(x, params)
+    x = x.clamp_(0.0, 1.0)
+    return x if warped_masks is None else (x, warped_masks)

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rotation", type=float, default=d.max_rotation)
     p.add_argument("--no-hflip", dest="hflip", action="store_false")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights per step (0: off)")
+    p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
+                   help="weight of the loss that pulls abnormal images' CAM into their boxes (0: off)")
     p.add_argument("--select", choices=["loss", "auc", "source_auc"], default=d.select,
                    help="best epoch by validation loss (MURA), pooled AUC, or the mean of per-source AUCs")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without progress")

@@ -50,6 +50,8 @@ class TrainConfig:
     hflip: bool = True
     ema_decay: float = 0.0
     """Exponential moving average of the weights (0 = off); the averaged model is evaluated and shipped."""
+    box_loss_weight: float = 0.0
+    """Weight of the box-attention loss (0 = off): abnormal images' CAM pulled into their finding boxes."""
     select: str = "loss"
     """Best epoch by 'loss' (MURA), 'auc' (pooled valid AUC) or 'source_auc' (mean of per-source AUCs)."""
     patience: int = 4

@@ -26,7 +26,8 @@ from torch import nn
 
 from mura_core.models import create_model, get_arch
 from mura_core.training import distributed as dist_utils
-from mura_core.training.augment import augment_batch
+from mura_core.training.augment import augment_batch, box_masks
+from mura_core.training.box_loss import FeatureCapture, box_attention_loss, cam_from_features
 from mura_core.training.cache import ImageCache, load_sources
 from mura_core.training.config import TrainConfig
 from mura_core.training.evaluation import (
@@ -60,11 +61,14 @@ class _IndexDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         c = self.config
-        img = augment_batch(self.cache.images[index:index + 1], [index], c.seed, self.epoch, c.max_rotation,
-                            c.hflip, c.augment)[0]
-        return img, self.cache.labels[index], index
+        args = (self.cache.images[index:index + 1], [index], c.seed, self.epoch, c.max_rotation, c.hflip, c.augment)
+        if c.box_loss_weight <= 0:
+            return augment_batch(*args)[0], self.cache.labels[index], index, torch.zeros(0)
+        masks = box_masks([self.cache.boxes[index]], self.cache.images.shape[-1])
+        img, mask = augment_batch(*args, masks=masks)
+        return img[0], self.cache.labels[index], index, mask[0]
 
 
 @dataclass
@@ -154,8 +158,33 @@ def _groups(cache: ImageCache, indices: list[int] | None = None) -> list[tuple[s
     return [weight_keys(cache.sources[i], cache.body_parts[i]) for i in picked]
 
 
+def _box_term(run: _Run, capture: FeatureCapture, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The weighted box-attention loss of this batch (0 when the option is off)."""
+    if run.config.box_loss_weight <= 0 or capture.features is None:
+        return torch.zeros((), device=run.device)
+    _layer, weight = get_arch(run.config.arch).classic_cam(run.model)
+    cam = cam_from_features(capture.features, weight)
+    return run.config.box_loss_weight * box_attention_loss(cam, masks.to(run.device), labels)
+
+
+def _cam_layer(run: _Run) -> nn.Module:
+    """The feature layer the box loss reads; only pooled + Linear heads (classic CAM) qualify."""
+    found = get_arch(run.config.arch).classic_cam(run.model)
+    if found is None:
+        raise ValueError(f"--box-loss-weight needs a pooled + Linear head; {run.config.arch} has none")
+    return found[0]
+
+
 def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
     """One pass over the sampled training images; returns the mean training loss."""
+    capture = FeatureCapture()
+    if run.config.box_loss_weight <= 0:
+        return _train_batches(run, epoch, wrapped, frozen, capture)
+    with capture.on(_cam_layer(run)):
+        return _train_batches(run, epoch, wrapped, frozen, capture)
+
+
+def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capture: FeatureCapture) -> float:
     config, spec = run.config, get_arch(run.config.arch)
     wrapped.train()
     if frozen:
@@ -164,7 +193,8 @@ def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> flo
     run.sampler.set_epoch(epoch)
     total, count = 0.0, 0
     show = config.progress and run.dist.main
-    for grey, labels, indices in _iterate(run.loader, len(run.loader), show, f"epoch {epoch + 1}/{config.epochs}"):
+    for grey, labels, indices, masks in _iterate(run.loader, len(run.loader), show,
+                                                 f"epoch {epoch + 1}/{config.epochs}"):
         grey, labels = grey.to(run.device, non_blocking=True), labels.to(run.device)
         x = normalise(grey, spec.mean, spec.std)
         if channels_last_on(run.device):
@@ -176,6 +206,7 @@ def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> flo
             logits = wrapped(x)[:, 0]
         loss = (focal_loss(logits, targets, weights, config.focal_gamma) if config.loss == "focal"
                 else weighted_bce(logits, targets, weights))
+        loss = loss + _box_term(run, capture, masks, labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
