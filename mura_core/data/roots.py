@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 """The repository (the folder holding app.py, weights/ and mura_core/)."""
 
 _DEFAULT_DATA_PARTS = ("..", "shared", "data", "bone-fracture-xr")
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+"""Where the public data sets sit beside a checkout (read in place, never copied into the repo)."""
 
 
 def default_data_path(repo_root: Path = REPO_ROOT) -> Path:

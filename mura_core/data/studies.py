@@ -26,7 +26,13 @@ Box = tuple[float, float, float, float]
 
 
 class BodyPart(str, Enum):
-    """The seven upper-extremity body parts of MURA, plus UNKNOWN."""
+    """MURA's seven upper-extremity body parts, coarser regions from other data sets, and UNKNOWN.
+
+    `known()` lists MURA's seven only (the body-part picker offers those); `regions()` lists the
+    coarser regions other sources label with (FracAtlas flags hand, shoulder, leg and hip, and an image
+    can carry several). `in_scope` is False for lower-limb regions: MURA's tool scores the upper
+    extremity only, so leg and hip images are out of scope for scoring.
+    """
 
     ELBOW = "ELBOW"
     FINGER = "FINGER"
@@ -35,17 +41,36 @@ class BodyPart(str, Enum):
     HUMERUS = "HUMERUS"
     SHOULDER = "SHOULDER"
     WRIST = "WRIST"
+    HAND_WRIST_FOREARM = "HAND_WRIST_FOREARM"
+    """FracAtlas `hand`: hand, wrist and forearm together (often the whole limb below the elbow)."""
+    SHOULDER_HUMERUS = "SHOULDER_HUMERUS"
+    """FracAtlas `shoulder`: shoulder and humerus (often with the chest)."""
+    UPPER_LIMB = "UPPER_LIMB"
+    """FracAtlas `hand` and `shoulder` both flagged."""
+    LEG = "LEG"
+    HIP = "HIP"
+    LOWER_LIMB = "LOWER_LIMB"
+    """FracAtlas `leg` and `hip` both flagged (or leg/hip mixed with an upper-limb flag)."""
     UNKNOWN = "UNKNOWN"
 
     @classmethod
     def parse(cls, text: str | None) -> "BodyPart":
-        """Read a body part from a folder name (`XR_WRIST`), a DICOM tag or free text; UNKNOWN otherwise."""
+        """Read a body part from a folder name (`XR_WRIST`), a DICOM tag, a region value
+        (`HAND_WRIST_FOREARM`), a label (`hand/wrist/forearm`) or free text; UNKNOWN otherwise."""
         if not text:
             return cls.UNKNOWN
-        word = re.sub(r"^XR_", "", str(text).strip().upper())
+        upper = str(text).strip().upper()
+        exact = re.sub(r"[^A-Z]+", "_", upper).strip("_")
+        if exact in cls._value2member_map_:
+            return cls(exact)
+        labels = {part.label.upper(): part for part in cls}
+        if upper in labels:
+            return labels[upper]
+        word = re.sub(r"^XR_", "", upper)
         word = re.sub(r"[^A-Z]", "", word)
         aliases = {"FINGERS": "FINGER", "HANDS": "HAND", "WRISTS": "WRIST", "ELBOWS": "ELBOW",
-                   "THUMB": "FINGER", "UPPERARM": "HUMERUS", "ARM": "HUMERUS"}
+                   "THUMB": "FINGER", "UPPERARM": "HUMERUS", "ARM": "HUMERUS", "LEGS": "LEG",
+                   "HIPS": "HIP"}
         word = aliases.get(word, word)
         try:
             return cls(word)
@@ -54,8 +79,31 @@ class BodyPart(str, Enum):
 
     @classmethod
     def known(cls) -> list["BodyPart"]:
-        """The seven real body parts, without UNKNOWN."""
-        return [part for part in cls if part is not cls.UNKNOWN]
+        """MURA's seven body parts (without the coarser regions and without UNKNOWN)."""
+        return list(_MURA_PARTS)
+
+    @classmethod
+    def regions(cls) -> list["BodyPart"]:
+        """The coarser regions of other data sets (FracAtlas), upper limb first."""
+        return [cls.HAND_WRIST_FOREARM, cls.SHOULDER_HUMERUS, cls.UPPER_LIMB, cls.LEG, cls.HIP,
+                cls.LOWER_LIMB]
+
+    @property
+    def label(self) -> str:
+        """A human name: 'wrist', 'hand/wrist/forearm', 'upper limb (hand and shoulder)', 'unknown'..."""
+        return _LABELS.get(self.value, self.value.lower())
+
+    @property
+    def in_scope(self) -> bool:
+        """False for leg, hip and lower limb (MURA's tool scores the upper extremity); True otherwise."""
+        return self.value not in ("LEG", "HIP", "LOWER_LIMB")
+
+
+_MURA_PARTS = (BodyPart.ELBOW, BodyPart.FINGER, BodyPart.FOREARM, BodyPart.HAND, BodyPart.HUMERUS,
+               BodyPart.SHOULDER, BodyPart.WRIST)
+_LABELS = {"HAND_WRIST_FOREARM": "hand/wrist/forearm", "SHOULDER_HUMERUS": "shoulder/humerus",
+           "UPPER_LIMB": "upper limb (hand and shoulder)", "LEG": "leg", "HIP": "hip",
+           "LOWER_LIMB": "lower limb"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +137,10 @@ class Study:
     patient_id: str | None = None
     split: str | None = None
     source: str = "upload"
-    """Where it came from: 'mura', 'manifest' or 'upload'."""
+    """Where it came from: 'mura', 'manifest', 'fracatlas' or 'upload'."""
+    group: str | None = None
+    """Near-duplicate group (FracAtlas: the smallest image id of the group); studies sharing a group
+    show the same radiograph and must stay in one split. None when the source has no such grouping."""
 
 
 @dataclass
@@ -98,7 +149,7 @@ class DatasetIndex:
 
     root: Path
     kind: str
-    """'mura' or 'manifest'."""
+    """'mura', 'manifest' or 'fracatlas'."""
     studies: list[Study]
     problems: list[str] = field(default_factory=list)
 

@@ -12,6 +12,16 @@ Decisions (documented once, here):
   pixel value means the same in every file; a 12-bit image stored in 16 bits therefore looks dark).
 - Colour is turned into grey by luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B). Transparent
   pixels (RGBA, LA, palette with transparency) are composited on black: no signal, like air on film.
+- A JPEG that ends early (no end-of-image marker: 59 published FracAtlas files lack their last 0-67
+  bytes) is decoded with the marker appended, and says so in `ImageMeta.notes`. libjpeg fills the
+  blocks it has no data for with the neutral value (grey 128 in every channel of a baseline JPEG), so
+  the rows missing are counted as the trailing full rows that are exactly grey 128 everywhere: 0 ->
+  "file ends early; image complete", N -> "file ends early; N of H rows missing" (a partly decoded last
+  block row counts as present). A real radiograph whose bottom rows are exactly uniform 128 would be
+  counted as missing rows too; that is the price of not patching libjpeg. More than half the rows
+  missing is refused as truncated; so is a file that still does not decode (cut in its header, say).
+  Progressive JPEGs are filled scan by scan, not row by row, so their note says that detail may be
+  missing instead of counting rows.
 - EXIF orientation is not applied: pixels are returned as stored, so that boxes given in the stored
   image's coordinates stay valid.
 - DICOM: the modality LUT (rescale slope/intercept) is applied, then the window (the caller's
@@ -94,6 +104,8 @@ class ImageMeta:
     bits_stored: int | None = None
     window: tuple[float, float] | None = None
     """(center, width) of the window applied, in modality units; None when none was applied."""
+    notes: tuple[str, ...] = ()
+    """Per-image remarks to show beside the image, e.g. "file ends early; image complete"."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +255,10 @@ def _decode_pillow(data: bytes, name: str, kind: str, limits: DecodeLimits) -> D
 
     width, height = _png_size(data, name) if kind == "PNG" else _jpeg_size(data, name)
     _check_size(width, height, 1, name, limits)
+    ends_early = kind == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if ends_early:
+        data = data + b"\xff\xd9"
+    filled_rows: int | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -251,6 +267,8 @@ def _decode_pillow(data: bytes, name: str, kind: str, limits: DecodeLimits) -> D
                     raise DecodeError(name, f"image too large ({image.width}x{image.height} pixels)")
                 image.load()
                 mode = image.mode
+                if ends_early and not image.info.get("progressive") and not image.info.get("progression"):
+                    filled_rows = _trailing_fill_rows(image)
                 pixels = _pillow_to_grey(image)
     except DecodeError:
         raise
@@ -263,9 +281,33 @@ def _decode_pillow(data: bytes, name: str, kind: str, limits: DecodeLimits) -> D
     if pixels.ndim != 2:
         raise DecodeError(name, f"unsupported {kind} layout (shape {pixels.shape})")
     bits = 16 if mode.startswith("I") else 8
+    notes: tuple[str, ...] = ()
+    if ends_early:
+        rows = pixels.shape[0]
+        if filled_rows is None:
+            notes = ("file ends early; progressive JPEG, later scans (detail) may be missing",)
+        elif filled_rows == 0:
+            notes = ("file ends early; image complete",)
+        elif filled_rows * 2 > rows:
+            raise DecodeError(name, f"truncated JPEG ({filled_rows} of {rows} rows missing)")
+        else:
+            notes = (f"file ends early; {filled_rows} of {rows} rows missing",)
     meta = ImageMeta(format=kind, width=pixels.shape[1], height=pixels.shape[0], photometric=mode,
-                     bits_stored=bits)
+                     bits_stored=bits, notes=notes)
     return DecodedImage(name, _finish(pixels), meta)
+
+
+def _trailing_fill_rows(image: Any) -> int:
+    """Full rows at the bottom that are exactly libjpeg's fill value (128 in every channel)."""
+    if image.mode not in ("L", "RGB", "YCbCr"):
+        return 0
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    flat = arr.reshape(arr.shape[0], -1)
+    filled = np.all(flat == 128, axis=1)
+    present = np.nonzero(~filled)[0]
+    return int(arr.shape[0] - (present[-1] + 1 if present.size else 0))
 
 
 def _pillow_reason(error: Exception) -> str:

@@ -105,6 +105,8 @@ class ModelCard:
     std: tuple[float, float, float]
     thresholds: dict[str, float] = field(default_factory=lambda: {"default": 0.5})
     """Body part name -> probability threshold; "default" is always present."""
+    temperature: float = 1.0
+    """Calibration: P(abnormal) = sigmoid(logit / temperature), fitted on the valid splits."""
     training_data: str = ""
     licence: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)

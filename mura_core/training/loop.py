@@ -1,0 +1,365 @@
+"""The training loop: one or more sources in, the best epoch's (EMA) weights out.
+
+    python -m mura_core train --data ../shared/data/FracAtlas --data ../shared/data/bone-fracture-xr \\
+        --arch efficientnet_lite0 --augment strong --source-balance 0.5 --ema-decay 0.998 \\
+        --select source_auc --out weights/NAME.pt
+
+Defaults follow Rajpurkar et al. (MURA, 2017): weighted BCE with per-body-part class weights from the
+training split (here per source and body part, falling back to the source's, then the global weights),
+Adam lr 1e-4, lr / 10 when the validation loss plateaus, lateral flips and rotations up to 30 degrees,
+the epoch with the lowest validation loss kept, early stopping. Every image is decoded ONCE into a uint8
+cache (`cache.py`); augmentation works on small tensors (`augment.py`). The same command runs under
+`torchrun` (DistributedDataParallel: NCCL on GPUs, gloo on CPU; only rank 0 writes files).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from mura_core.models.registry import create_model, get_arch
+from mura_core.training import distributed as dist_utils
+from mura_core.training.augment import augment_batch, box_masks
+from mura_core.training.box_loss import FeatureCapture, box_attention_loss, cam_from_features
+from mura_core.training.cache import ImageCache, load_sources
+from mura_core.training.config import TrainConfig
+from mura_core.training.evaluation import (
+    channels_last_on,
+    normalise,
+    per_source_auc,
+    predict_logits,
+    selection_score,
+)
+from mura_core.training.outputs import TrainResult, default_last_path, finish, load_resume, save_last, write_log
+from mura_core.training.weighting import (
+    EpochSampler,
+    class_weight_table,
+    focal_loss,
+    sample_weights,
+    smooth_labels,
+    source_sampling_weights,
+    weight_keys,
+    weighted_bce,
+)
+
+__all__ = ["train", "TrainState"]
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """Cache indices -> (augmented grey image, label, index); seeded per (seed, epoch, index)."""
+
+    def __init__(self, cache: ImageCache, config: TrainConfig) -> None:
+        self.cache, self.config, self.epoch = cache, config, 0
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        c = self.config
+        args = (self.cache.images[index:index + 1], [index], c.seed, self.epoch, c.max_rotation, c.hflip, c.augment)
+        if c.box_loss_weight <= 0:
+            return augment_batch(*args)[0], self.cache.labels[index], index, torch.zeros(0)
+        masks = box_masks([self.cache.boxes[index]], self.cache.images.shape[-1])
+        img, mask = augment_batch(*args, masks=masks)
+        return img[0], self.cache.labels[index], index, mask[0]
+
+
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch (and what a resume restores)."""
+
+    epoch: int = 0
+    best_epoch: int = -1
+    best_score: float = math.inf
+    stale: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD with the backbone at lr * backbone_lr_scale and the rest at lr."""
+    from mura_core.training.outputs import backbone_parameters
+
+    backbone_ids = {id(p) for p in backbone_parameters(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) in backbone_ids],
+               "lr": config.lr * config.backbone_lr_scale},
+              {"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": config.lr}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
+                               weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
+    """Per-iteration multiplier: linear warm-up, then cosine to 0 (scheduler 'cosine') or flat."""
+    warm = int(round(config.warmup_epochs * steps_per_epoch))
+    total = max(config.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if config.scheduler == "cosine":
+            progress = min((step - warm) / max(total - warm, 1), 1.0)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+def _iterate(loader: Any, total: int, enabled: bool, desc: str) -> Iterator[Any]:
+    if not enabled:
+        yield from loader
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(loader, total=total, desc=desc, unit="batch", leave=False,
+                    mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+@dataclass
+class _Run:
+    """Everything one run holds while it trains."""
+
+    config: TrainConfig
+    device: torch.device
+    dist: Any
+    model: nn.Module
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    iter_scheduler: Any
+    plateau: Any
+    scaler: Any
+    train_cache: ImageCache
+    valid_cache: ImageCache
+    table: dict[str, tuple[float, float]]
+    loader: Any
+    sampler: EpochSampler
+    dataset: _IndexDataset
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The model to evaluate and ship: the EMA average when on, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _groups(cache: ImageCache, indices: list[int] | None = None) -> list[tuple[str, str]]:
+    picked = range(len(cache)) if indices is None else indices
+    return [weight_keys(cache.sources[i], cache.body_parts[i]) for i in picked]
+
+
+def _box_term(run: _Run, capture: FeatureCapture, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The weighted box-attention loss of this batch (0 when the option is off)."""
+    if run.config.box_loss_weight <= 0 or capture.features is None:
+        return torch.zeros((), device=run.device)
+    _layer, weight = get_arch(run.config.arch).classic_cam(run.model)
+    cam = cam_from_features(capture.features, weight)
+    return run.config.box_loss_weight * box_attention_loss(cam, masks.to(run.device), labels)
+
+
+def _cam_layer(run: _Run) -> nn.Module:
+    """The feature layer the box loss reads; only pooled + Linear heads (classic CAM) qualify."""
+    found = get_arch(run.config.arch).classic_cam(run.model)
+    if found is None:
+        raise ValueError(f"--box-loss-weight needs a pooled + Linear head; {run.config.arch} has none")
+    return found[0]
+
+
+def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
+    """One pass over the sampled training images; returns the mean training loss."""
+    capture = FeatureCapture()
+    if run.config.box_loss_weight <= 0:
+        return _train_batches(run, epoch, wrapped, frozen, capture)
+    with capture.on(_cam_layer(run)):
+        return _train_batches(run, epoch, wrapped, frozen, capture)
+
+
+def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capture: FeatureCapture) -> float:
+    config, spec = run.config, get_arch(run.config.arch)
+    wrapped.train()
+    if frozen:
+        dist_utils.freeze_batchnorm(run.model)
+    run.dataset.epoch = epoch
+    run.sampler.set_epoch(epoch)
+    total, count = 0.0, 0
+    show = config.progress and run.dist.main
+    for grey, labels, indices, masks in _iterate(run.loader, len(run.loader), show,
+                                                 f"epoch {epoch + 1}/{config.epochs}"):
+        grey, labels = grey.to(run.device, non_blocking=True), labels.to(run.device)
+        x = normalise(grey, spec.mean, spec.std)
+        if channels_last_on(run.device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        weights = sample_weights(labels, _groups(run.train_cache, indices.tolist()), run.table).to(run.device)
+        targets = smooth_labels(labels, config.label_smoothing)
+        with torch.autocast(device_type=run.device.type, dtype=torch.float16,
+                            enabled=config.amp and run.device.type == "cuda"):
+            logits = wrapped(x)[:, 0]
+        loss = (focal_loss(logits, targets, weights, config.focal_gamma) if config.loss == "focal"
+                else weighted_bce(logits, targets, weights))
+        loss = loss + _box_term(run, capture, masks, labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.iter_scheduler.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        total += float(loss.item()) * labels.shape[0]
+        count += labels.shape[0]
+    return total / max(count, 1)
+
+
+def _validate(run: _Run) -> dict[str, Any]:
+    """Valid loss, pooled AUC/kappa/F1 and per-source AUC of the scored model."""
+    from mura_core.evaluation.metrics import binary_metrics
+
+    spec, valid = get_arch(run.config.arch), run.valid_cache
+    logits = predict_logits(run.scored_model, valid.images, spec.mean, spec.std, run.config.batch_size * 2,
+                            run.device)
+    val_weights = sample_weights(valid.labels, _groups(valid), run.table)
+    val_loss = float(weighted_bce(logits, valid.labels, val_weights))
+    probs = torch.sigmoid(logits).numpy()
+    labels = valid.labels.numpy()
+    pooled = binary_metrics(labels, probs, 0.5)
+    sources = per_source_auc(labels, probs, valid.sources, valid.in_scope)
+    return {"val_loss": val_loss, "val_auc": pooled["auc"], "val_kappa": pooled["kappa"], "val_f1": pooled["f1"],
+            "source_auc": sources}
+
+
+def _run_epoch(run: _Run, state: TrainState, epoch: int, wrapped: nn.Module, frozen: bool) -> dict[str, Any]:
+    """Train one epoch, validate, keep the best weights; returns the log row."""
+    t0 = time.time()
+    train_loss = _train_epoch(run, epoch, wrapped, frozen)
+    train_s = time.time() - t0
+    m = _validate(run)
+    val_loss = dist_utils.broadcast_float(m["val_loss"], run.dist, run.device)
+    score = selection_score(run.config.select, val_loss, m["val_auc"], m["source_auc"])
+    score = dist_utils.broadcast_float(score, run.dist, run.device)
+    if run.config.scheduler == "plateau" and not frozen:
+        run.plateau.step(val_loss)
+    improved = score < state.best_score - 1e-6
+    if improved:
+        state.best_score, state.best_epoch, state.stale = score, epoch + 1, 0
+        state.best_state = {k: v.detach().cpu().clone() for k, v in run.scored_model.state_dict().items()}
+    else:
+        state.stale += 1
+    row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": m["val_auc"],
+           "val_kappa": m["val_kappa"], "val_f1": m["val_f1"], "lr": run.optimizer.param_groups[-1]["lr"],
+           "frozen_backbone": frozen, "train_s": round(train_s, 1), "epoch_s": round(time.time() - t0, 1),
+           "best": improved}
+    row.update({f"auc_{name}": value for name, value in m["source_auc"].items()})
+    return row
+
+
+def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
+    """Decode the data, build the model, optimiser, schedulers, sampler and loader."""
+    spec, size = get_arch(config.arch), config.resolved_image_size()
+    show = config.progress and dist.main
+    train_cache = load_sources(config.data, config.split_train, size, cache_dir=config.cache_dir, progress=show)
+    valid_cache = load_sources(config.data, config.split_valid, size, cache_dir=config.cache_dir, progress=show)
+    table, _ = class_weight_table(train_cache.labels, _groups(train_cache), config.class_weights)
+    model = create_model(config.arch, pretrained=config.resolved_pretrained(), dropout=config.dropout,
+                         pretrained_path=config.pretrained_path).to(device)
+    if channels_last_on(device):
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    optimizer = _optimizer(model, config)
+    dataset = _IndexDataset(train_cache, config)
+    weights = source_sampling_weights(train_cache.sources, config.source_balance) if config.source_balance else None
+    sampler = EpochSampler(weights, len(train_cache), config.seed, dist.rank, dist.world)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
+                                         num_workers=config.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=config.workers > 0)
+    iter_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(loader)))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                         patience=config.plateau_patience)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    del spec
+    return _Run(config, device, dist, model, ema, optimizer, iter_scheduler, plateau, scaler, train_cache,
+                valid_cache, table, loader, sampler, dataset)
+
+
+def _restore(run: _Run, last_path: Path) -> TrainState:
+    resume = load_resume(last_path, run.config)
+    run.model.load_state_dict(resume["model"])
+    if run.ema is not None and resume.get("ema"):
+        run.ema.load_state_dict(resume["ema"])
+    run.optimizer.load_state_dict(resume["optimizer"])
+    run.iter_scheduler.load_state_dict(resume["iter_scheduler"])
+    run.plateau.load_state_dict(resume["plateau"])
+    torch.set_rng_state(resume["rng"])
+    if run.dist.main:
+        print(f"resuming {run.config.arch} from {last_path} after epoch {resume['epoch']}", file=sys.stderr)
+    return TrainState(int(resume["epoch"]), int(resume["best_epoch"]), float(resume["best_score"]),
+                      int(resume["stale"]), resume.get("best_state") or None, list(resume.get("history", [])))
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    per_source = " ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("auc_") and v is not None)
+    print(f"epoch {row['epoch']} train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+          f"val_auc {row['val_auc'] or float('nan'):.4f} kappa {row['val_kappa'] or float('nan'):.4f} "
+          f"[{per_source}] lr {row['lr']:.2e} {row['epoch_s']:.0f}s{' *' if row['best'] else ''}",
+          file=sys.stderr, flush=True)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one training (see the module docstring); returns where the checkpoint went and the history."""
+    dist = dist_utils.init_distributed(config.device)
+    device = dist_utils.pick_device(config.device, dist.local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, config.threads // max(dist.world, 1)))
+    dist_utils.seed_everything(config.seed)
+    out = Path(config.out)
+    last_path = Path(config.last) if config.last else default_last_path(out)
+    if dist.main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    run = _setup(config, dist, device)
+    decode_s = time.time() - started
+    state = _restore(run, last_path) if config.resume else TrainState()
+    wrapped, wrapped_frozen = run.model, None
+    epoch = state.epoch
+    try:
+        for epoch in range(state.epoch, config.epochs):
+            if state.stale >= config.patience:
+                break
+            frozen = epoch < config.freeze_backbone_epochs
+            if frozen != wrapped_frozen:
+                wrapped, wrapped_frozen = dist_utils.wrap(run.model, frozen, dist, device), frozen
+            row = _run_epoch(run, state, epoch, wrapped, frozen)
+            state.history.append(row)
+            state.epoch = epoch + 1
+            if dist.main:
+                _print_row(row)
+                write_log(out.with_name(f"{out.stem}.log.csv"), state.history)
+                save_last(last_path, run, state)
+    except KeyboardInterrupt:
+        if dist.main:
+            if not last_path.is_file():
+                save_last(last_path, run, state)
+            print(f"interrupted: last checkpoint at {last_path} (continue with --resume)", file=sys.stderr)
+        return TrainResult(out=out, sha256=None, card=None, history=state.history, best_epoch=state.best_epoch,
+                           interrupted=True, last=last_path)
+    model = run.scored_model
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    result = TrainResult(out=out, sha256=None, card=None, history=state.history, best_epoch=state.best_epoch,
+                         last=last_path)
+    if dist.main:
+        result = finish(run, model, state, time.time() - started, decode_s, last_path)
+    dist_utils.barrier(dist)
+    return result

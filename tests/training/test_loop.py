@@ -1,0 +1,156 @@
+"""Whole training runs on tiny generated sources (CPU, shallow_cnn at 32 px)."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mura_core.training.loop as loop_module
+from mura_core.models.checkpoints import load_checkpoint
+from mura_core.models.weights import read_index
+from mura_core.evaluation.metrics import fit_thresholds
+from mura_core.training import TrainConfig, load_split, train
+from mura_core.commands.train import cli_main
+from mura_core.training.evaluation import predict_logits
+from mura_core.training.outputs import default_last_path
+from tests.training.conftest import make_tiny_set
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(data, out: Path, **kw) -> TrainConfig:
+    settings = {"arch": "shallow_cnn", "image_size": 32, "epochs": 2, "batch_size": 8, "lr": 3e-3,
+                "progress": False, "threads": 2, **kw}
+    return TrainConfig(data=data if isinstance(data, list) else [str(data)], out=str(out), **settings)
+
+
+def test_last_checkpoint_stays_out_of_weights(tmp_path: Path) -> None:
+    assert default_last_path(REPO / "weights" / "x.pt") == REPO / "runs" / "x.last.pt"
+    assert default_last_path(tmp_path / "y.pt") == tmp_path / "y.last.pt"
+
+
+def test_training_smoke_writes_a_complete_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w" / "tiny.pt"
+    result = train(_config(tiny_data, out, epochs=4, register=True))
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 4 and min(losses[1:]) < losses[0]
+    loaded = load_checkpoint(out, expected_sha256=result.sha256)
+    card = loaded.card
+    assert card.arch == "shallow_cnn" and card.image_size == 32 and "default" in card.thresholds
+    for key in ("epochs", "lr", "optimizer", "loss", "image_size", "seed", "seconds_per_epoch", "best_epoch",
+                "augment", "ema_decay", "source_balance"):
+        assert key in card.recipe, key
+    for key in ("auc", "per_source_auc", "auc_float32", "auc_float16"):
+        assert key in card.metrics, key
+    assert "split 'valid'" in card.training_data and card.created and card.code_version
+    assert card.temperature > 0
+    assert out.with_suffix(".md").read_text().startswith("# Model card: tiny")
+    log = list(csv.DictReader(out.with_name("tiny.log.csv").open()))
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3, 4] and "val_auc" in log[0] and "auc_data" in log[0]
+    assert read_index(out.parent)["models"]["tiny"]["sha256"] == result.sha256
+    assert result.last == tmp_path / "w" / "tiny.last.pt" and result.last.is_file()
+
+
+def test_two_sources_with_the_multi_source_recipe(tiny_data: Path, second_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "multi.pt"
+    result = train(_config([str(tiny_data), str(second_source)], out, epochs=2, augment="strong",
+                           source_balance=1.0, ema_decay=0.9, label_smoothing=0.1, select="source_auc",
+                           backbone_lr_scale=0.3))
+    card = load_checkpoint(out).card
+    assert set(card.metrics["per_source_auc"]) == {"data", "other"}
+    assert "data:" in card.training_data and "other:" in card.training_data
+    assert {"auc_data", "auc_other"} <= set(result.history[0])
+
+
+def test_same_seed_same_run(tiny_data: Path, tmp_path: Path) -> None:
+    a = train(_config(tiny_data, tmp_path / "a.pt", epochs=1, half="no"))
+    b = train(_config(tiny_data, tmp_path / "b.pt", epochs=1, half="no"))
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
+
+
+def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    kw = {"half": "no", "ema_decay": 0.9}
+    full = train(_config(tiny_data, tmp_path / "full.pt", epochs=3, **kw))
+    train(_config(tiny_data, tmp_path / "part.pt", epochs=2, **kw))
+    resumed = train(_config(tiny_data, tmp_path / "part.pt", epochs=3, resume=True, **kw))
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[2]["train_loss"] == pytest.approx(full.history[2]["train_loss"], rel=1e-5)
+    assert resumed.history[2]["val_loss"] == pytest.approx(full.history[2]["val_loss"], rel=1e-5)
+
+
+def test_resume_without_last_checkpoint_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="no last checkpoint"):
+        train(_config(tiny_data, tmp_path / "none.pt", resume=True))
+
+
+def test_ctrl_c_leaves_a_usable_last_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    real = loop_module.weighted_bce
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # second epoch (3 training batches + 1 validation loss per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "weighted_bce", interrupting)
+    result = train(_config(tiny_data, tmp_path / "stop.pt", epochs=3))
+    assert result.interrupted and not (tmp_path / "stop.pt").exists()
+    assert load_checkpoint(result.last).card.arch == "shallow_cnn"
+    monkeypatch.setattr(loop_module, "weighted_bce", real)
+    resumed = train(_config(tiny_data, tmp_path / "stop.pt", epochs=2, resume=True))
+    assert [r["epoch"] for r in resumed.history] == [1, 2] and (tmp_path / "stop.pt").is_file()
+
+
+def test_thresholds_and_temperature_come_from_the_validation_split(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mura_core.training.evaluation import fit_temperature
+
+    data = make_tiny_set(tmp_path / "shifted", n_valid=40, valid_brightness=60.0, seed=3)
+    out = tmp_path / "thr.pt"
+    train(_config(data, out, epochs=2, half="no"))
+    loaded = load_checkpoint(out)
+    card = loaded.card
+    valid, train_split = load_split(data, "valid", 32), load_split(data, "train", 32)
+    z_valid = predict_logits(loaded.model, valid.images, card.mean, card.std).numpy()
+    z_train = predict_logits(loaded.model, train_split.images, card.mean, card.std).numpy()
+    assert card.temperature == pytest.approx(fit_temperature(z_valid, valid.labels.numpy()), rel=1e-4)
+    p_valid = 1 / (1 + np.exp(-z_valid / card.temperature))
+    p_train = 1 / (1 + np.exp(-z_train / card.temperature))
+    on_valid = fit_thresholds(valid.labels.numpy(), p_valid, valid.body_parts, min_per_class=10)
+    on_train = fit_thresholds(train_split.labels.numpy(), p_train, train_split.body_parts, min_per_class=10)
+    assert card.thresholds == pytest.approx(on_valid, abs=1e-5)
+    assert card.thresholds["default"] != pytest.approx(on_train["default"], abs=1e-6)
+    assert card.recipe["threshold_fitted_on"].startswith("valid")
+
+
+def test_cli_rejects_unknown_arch(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    rc = cli_main(["--data", str(tiny_data), "--arch", "nope", "--out", str(tmp_path / "x.pt")])
+    assert rc == 2 and "unknown architecture" in capsys.readouterr().err
+
+
+def test_cli_runs_under_torchrun_with_two_gloo_processes(tiny_data: Path, second_source: Path,
+                                                         tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "ddp" / "ddp.pt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mura_core", "train",
+         "--data", str(tiny_data), "--data", str(second_source), "--arch", "shallow_cnn", "--image-size", "32",
+         "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress", "--source-balance", "1",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = load_checkpoint(out)
+    assert loaded.card.recipe["world_size"] == 2
+    assert len(list(csv.DictReader(out.with_name("ddp.log.csv").open()))) == 1
+    shutil.rmtree(out.parent)
