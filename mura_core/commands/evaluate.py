@@ -14,7 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mura_core evaluate",
         description="Score a data split; write report.json, predictions.csv, figures and the pointing game.")
-    parser.add_argument("--data", required=True, type=Path, help="MURA folder or manifest (file or folder)")
+    parser.add_argument("--data", required=True, type=Path, action="append",
+                        help="a source: MURA folder, manifest (file or folder) or FracAtlas folder; repeat the "
+                             "option to evaluate several sources in one report, broken down by source")
     parser.add_argument("--split", default=None, help="e.g. valid (default: every row)")
     parser.add_argument("--weights", default=None, help="indexed weights/ensemble name or checkpoint path")
     parser.add_argument("--weights-dir", type=Path, default=None,
@@ -42,7 +44,11 @@ def _summary_line(report: dict[str, Any]) -> str:
 
     img, study = report["image_level"]["overall"], report["study_level"]["overall"]
     line = (f"{report['model']['name']}: {report['n_scored']}/{report['data']['n_images']} images scored; "
-            f"image AUC {fmt(img['auc'])}, study AUC {fmt(study['auc'])}, study kappa {fmt(study['kappa'])}")
+            f"in-scope image AUC {fmt(img['auc'])}, study AUC {fmt(study['auc'])}, study kappa {fmt(study['kappa'])}")
+    per_source = report.get("by_source") or {}
+    if len(per_source) > 1:
+        line += "; " + ", ".join(f"{name} AUC {fmt(r['image_level']['overall']['auc'])}"
+                                 for name, r in per_source.items())
     pg = report.get("pointing_game")
     if pg:
         line += "; pointing game " + ", ".join(f"{m} {fmt(s['hit_rate'])}" for m, s in pg["methods"].items())
@@ -59,7 +65,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     try:
         report = evaluate_dataset(
-            args.data, split=args.split, weights=args.weights, cam=args.cam, batch_size=args.batch_size,
+            args.data[0] if len(args.data) == 1 else args.data, split=args.split, weights=args.weights, cam=args.cam, batch_size=args.batch_size,
             workers=args.workers, limit=args.limit, out=args.out, tolerance=args.tolerance,
             aggregate=args.aggregate, tta=args.tta, n_bootstrap=args.bootstrap, seed=args.seed,
             device=args.device, progress=not args.no_progress, weights_dir=args.weights_dir)

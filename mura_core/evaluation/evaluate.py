@@ -1,7 +1,10 @@
 """Evaluate a model on a data split: metrics, figures and the pointing game (``python -m mura_core evaluate``).
 
-Works on a MURA folder or a manifest (`data.sources.open_dataset`). Writes to ``out`` (through
-`evaluation.reports`, the one writer of these files):
+Works on one or more sources (MURA folder, manifest, FracAtlas folder: `data.sources.open_dataset`), the
+same split of each. Headline metrics count in-scope images only (upper limb; FracAtlas leg and hip images
+are outside what the model is for); ``by_source`` breaks every metric down per source and per body part or
+region, with a calibration curve per source, and ``out_of_scope`` reports the lower-limb images apart.
+Writes to ``out`` (through `evaluation.reports`, the one writer of these files):
 
 - ``report.json``: model (name, sha256, card), data, thresholds used and their source (the model
   card's, fitted on its validation split), image-level and study-level metrics overall and per body
@@ -37,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mura_core.data.studies import Box, DatasetIndex, View
-from mura_core.evaluation.metrics import grouped_metrics, roc_points
+from mura_core.evaluation.metrics import calibration_bins, grouped_metrics, roc_points
 from mura_core.evaluation.reports import aggregate_studies, write_predictions, write_report
 from mura_core.explain.cams import SLOW_METHODS
 
@@ -48,6 +51,8 @@ __all__ = [
     "evaluate_dataset",
     "image_rows",
     "metrics_report",
+    "source_name",
+    "source_report",
     "pointing_game_report",
     "score_rows",
     "write_figures",
@@ -68,9 +73,11 @@ class ImageRow:
     view: View
     probability: float | None = None
     error: str | None = None
+    source: str = ""
+    in_scope: bool = True
 
 
-def image_rows(index: DatasetIndex, limit: int | None = None) -> list[ImageRow]:
+def image_rows(index: DatasetIndex, limit: int | None = None, source: str = "") -> list[ImageRow]:
     """One row per view of the index's studies (the first `limit` studies when given)."""
     studies = index.studies if limit is None else index.studies[: max(0, int(limit))]
     rows = []
@@ -78,8 +85,15 @@ def image_rows(index: DatasetIndex, limit: int | None = None) -> list[ImageRow]:
         part = getattr(study.body_part, "value", str(study.body_part))
         for view in study.views:
             rows.append(ImageRow(view.name, study.study_id, part, study.label, study.split,
-                                 tuple(view.boxes), view))
+                                 tuple(view.boxes), view, source=source,
+                                 in_scope=bool(getattr(study.body_part, "in_scope", True))))
     return rows
+
+
+def source_name(data: str | Path) -> str:
+    """A short, stable name for a data source: its folder name (a manifest's folder for a CSV)."""
+    path = Path(data).expanduser().resolve()
+    return path.parent.name if path.is_file() else path.name
 
 
 def default_workers() -> int:
@@ -268,6 +282,15 @@ class _Scoring:
     distances: dict[str, list[float | None]]
     centre: list[bool] = field(default_factory=list)
     chance: list[float] = field(default_factory=list)
+    boxed_rows: list[int] = field(default_factory=list)
+    """The row index of each boxed image, in the order of the lists above."""
+
+    def subset(self, keep: set[int]) -> "_Scoring":
+        """The same measurements restricted to rows whose index is in `keep` (e.g. one source)."""
+        idx = [k for k, r in enumerate(self.boxed_rows) if r in keep]
+        return _Scoring({m: [d[k] for k in idx] for m, d in self.distances.items()},
+                        [self.centre[k] for k in idx], [self.chance[k] for k in idx],
+                        [self.boxed_rows[k] for k in idx])
 
 
 def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any]], configs: Sequence[Any],
@@ -287,6 +310,7 @@ def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any
             h, w = it["shape"]
             scoring.centre.append(centre_hit(row.boxes, h, w, tolerance))
             scoring.chance.append(covered_fraction(row.boxes, h, w, tolerance))
+            scoring.boxed_rows.append(it["index"])
 
 
 def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batch_size: int = 16,
@@ -349,17 +373,46 @@ def pointing_game_report(rows: Sequence[ImageRow], methods: Sequence[str], scori
     }
 
 
+def _scored_labelled(rows: Sequence[ImageRow]) -> tuple[list[int], list[float]]:
+    kept = [r for r in rows if r.probability is not None and r.label in (0, 1)]
+    return [r.label for r in kept], [r.probability for r in kept]
+
+
+def source_report(rows: Sequence[ImageRow], thresholds: dict[str, float], *, aggregate: str,
+                  n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """One source's figures: in-scope metrics per body part/region, calibration, out-of-scope apart."""
+    inside = [r for r in rows if r.in_scope]
+    outside = [r for r in rows if not r.in_scope]
+    report = metrics_report(inside, thresholds, aggregate=aggregate, n_bootstrap=n_bootstrap, seed=seed)
+    report["calibration"] = calibration_bins(*_scored_labelled(inside))
+    report["n_images"] = len(rows)
+    report["n_in_scope"] = len(inside)
+    if outside:
+        labels, probs = _scored_labelled(outside)
+        report["out_of_scope"] = grouped_metrics(labels, probs, [r.body_part for r in outside if
+                                                                 r.probability is not None and r.label in (0, 1)],
+                                                 thresholds, n_bootstrap=0, seed=seed) if labels else None
+    return report
+
+
 def build_report(predictor: Any, index: DatasetIndex, rows: Sequence[ImageRow], *, data: str | Path,
                  split: str | None, limit: int | None, aggregate: str, tta: bool, n_bootstrap: int,
-                 seed: int) -> dict[str, Any]:
-    """Everything report.json says about a scored run except the pointing game and timing."""
+                 seed: int, sources: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything report.json says about a scored run except the pointing game and timing.
+
+    Headline metrics (`image_level`, `study_level`, `roc`) count in-scope images of every source;
+    `by_source` has one `source_report` per source.
+    """
     from mura_core.models.checkpoints import utc_now
 
     thresholds = dict(predictor.thresholds)
-    n_studies = len({r.study for r in rows})
+    n_studies = len({(r.source, r.study) for r in rows})
+    sources = list(sources or [{"name": source_name(data), "path": str(data), "kind": index.kind,
+                                "problems": list(index.problems)}])
     report: dict[str, Any] = {
         "model": _model_facts(predictor),
-        "data": {"name": str(data), "kind": index.kind, "split": split, "limit": limit,
+        "data": {"name": " + ".join(s["name"] for s in sources) if len(sources) > 1 else str(data),
+                 "kind": index.kind, "split": split, "limit": limit, "sources": sources,
                  "n_studies": n_studies, "n_images": len(rows), "problems": list(index.problems)},
         "split": split or "all",
         "created": utc_now(),
@@ -371,7 +424,13 @@ def build_report(predictor: Any, index: DatasetIndex, rows: Sequence[ImageRow], 
         "tta": tta,
         "bootstrap": {"n": n_bootstrap, "seed": seed, "confidence": 0.95, "method": "percentile"},
     }
-    report.update(metrics_report(rows, thresholds, aggregate=aggregate, n_bootstrap=n_bootstrap, seed=seed))
+    report["scope_rule"] = ("headline metrics count in-scope images only: upper-limb body parts and regions; "
+                            "lower-limb regions (leg, hip) are reported under out_of_scope")
+    report.update(metrics_report([r for r in rows if r.in_scope], thresholds, aggregate=aggregate,
+                                 n_bootstrap=n_bootstrap, seed=seed))
+    report["by_source"] = {s["name"]: source_report([r for r in rows if r.source == s["name"]], thresholds,
+                                                    aggregate=aggregate, n_bootstrap=n_bootstrap, seed=seed)
+                           for s in sources}
     report["unreadable"] = [{"image": r.image, "study": r.study, "error": r.error} for r in rows if r.error]
     report["n_scored"] = sum(r.probability is not None for r in rows)
     return report
@@ -385,8 +444,42 @@ def write_outputs(report: dict[str, Any], rows: Sequence[ImageRow], out: str | P
     return write_report(report, out)
 
 
+def _open_sources(data: str | Path | Sequence[str | Path], split: str | None, limit: int | None
+                  ) -> tuple[DatasetIndex, list[ImageRow], list[dict[str, Any]]]:
+    """Open every source; returns the first index (for its kind), all rows and the sources' facts."""
+    from mura_core.data.sources import open_dataset
+
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    if not paths:
+        raise ValueError("evaluate needs at least one data source")
+    indexes, rows, facts = [], [], []
+    for path in paths:
+        index = open_dataset(path, split)
+        name = source_name(path)
+        if any(f["name"] == name for f in facts):
+            raise ValueError(f"two data sources are both named {name!r}; give distinct folders")
+        source_rows = image_rows(index, limit, source=name)
+        indexes.append(index)
+        rows += source_rows
+        facts.append({"name": name, "path": str(path), "kind": index.kind, "n_images": len(source_rows),
+                      "problems": list(index.problems)})
+    return indexes[0], rows, facts
+
+
+def _pointing_games(rows: Sequence[ImageRow], methods: Sequence[str], scoring: _Scoring, tolerance: float,
+                    sources: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The pointing game over every source's boxed images, and per source."""
+    overall = pointing_game_report(rows, methods, scoring, tolerance)
+    per_source = {}
+    for fact in sources:
+        keep = {k for k, r in enumerate(rows) if r.source == fact["name"]}
+        per_source[fact["name"]] = pointing_game_report([rows[k] for k in sorted(keep)], methods,
+                                                        scoring.subset(keep), tolerance)
+    return overall, per_source
+
+
 def evaluate_dataset(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     *,
     split: str | None = None,
     weights: str | None = None,
@@ -408,17 +501,17 @@ def evaluate_dataset(
     """Score every image of `data` (one split, or all rows) and build the report (written if `out`).
 
     Args:
-        data: MURA folder or manifest (file or folder).
+        data: one source or a list of sources (MURA folder, manifest, FracAtlas folder); the same split
+            of each is scored and the report breaks every figure down by source.
         split: e.g. "valid"; None evaluates every row.
         weights: indexed name, ensemble name or checkpoint path (ignored when `predictor` is given).
         cam: heat-map method(s) for the pointing game on images with boxes ("auto", a name, a comma
             list, "all" for every fast method, None/"none" to skip).
         batch_size, workers: DataLoader settings (workers None -> `default_workers()`).
-        limit: evaluate only the first N studies.
+        limit: evaluate only the first N studies of each source.
         tolerance: pointing-game tolerance in original-image pixels (default 15).
         aggregate: study probability rule, "mean" (MURA) or "max".
     """
-    from mura_core.data.sources import open_dataset
     from mura_core.explain.localization import DEFAULT_TOLERANCE_PX
     from mura_core.explain.predictor import Predictor
 
@@ -427,13 +520,15 @@ def evaluate_dataset(
     if predictor is None:
         predictor = Predictor.from_weights(weights, device=device, weights_dir=weights_dir)
     methods = _methods(predictor, cam)
-    index = open_dataset(data, split)
-    rows = image_rows(index, limit)
+    index, rows, sources = _open_sources(data, split, limit)
     scoring = score_rows(predictor, rows, methods, batch_size=batch_size, workers=workers, tolerance=tolerance,
                          tta=tta, progress=progress)
-    report = build_report(predictor, index, rows, data=data, split=split, limit=limit, aggregate=aggregate,
-                          tta=tta, n_bootstrap=n_bootstrap, seed=seed)
-    report["pointing_game"] = pointing_game_report(rows, methods, scoring, tolerance)
+    report = build_report(predictor, index, rows, data=data if isinstance(data, (str, Path)) else sources[0]["path"],
+                          split=split, limit=limit, aggregate=aggregate, tta=tta, n_bootstrap=n_bootstrap,
+                          seed=seed, sources=sources)
+    report["pointing_game"], per_source = _pointing_games(rows, methods, scoring, tolerance, sources)
+    for name, game in per_source.items():
+        report["by_source"][name]["pointing_game"] = game
     report["device"] = str(predictor.device)
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:

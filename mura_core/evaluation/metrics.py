@@ -34,6 +34,7 @@ from mura_core.data.studies import part_key, threshold_for
 __all__ = [
     "METRIC_NAMES",
     "binary_metrics",
+    "calibration_bins",
     "bootstrap_intervals",
     "confusion_counts",
     "fit_threshold",
@@ -373,3 +374,21 @@ def grouped_metrics(
         by_part[part] = binary_metrics(y[mask], p[mask], t[mask], **kw)
         by_part[part]["threshold"] = float(t[mask][0])
     return {"overall": binary_metrics(y, p, t, **kw), "by_body_part": by_part}
+
+
+def calibration_bins(labels: Any, probs: Any, n_bins: int = 10) -> dict[str, Any]:
+    """Reliability diagram data: per equal-width probability bin the mean predicted probability, the
+    observed abnormal fraction and the count, plus the expected calibration error (ECE)."""
+    y, p = _as_arrays(labels, probs)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for k in range(n_bins):
+        mask = index == k
+        if not mask.any():
+            continue
+        predicted, observed = float(p[mask].mean()), float(y[mask].mean())
+        bins.append({"low": float(edges[k]), "high": float(edges[k + 1]), "predicted": predicted,
+                     "observed": observed, "n": int(mask.sum())})
+        ece += mask.sum() / max(y.size, 1) * abs(predicted - observed)
+    return {"bins": bins, "ece": float(ece) if y.size else None, "n": int(y.size)}

@@ -50,9 +50,10 @@ REPORT_NAME = "report.json"
 PREDICTION_FILES = ("study_predictions.csv", "predictions.csv")
 """Prediction files of an evaluate run, preferred first (per-study rows carry the study aggregate)."""
 
-_IMAGE_COLUMNS = ["image", "study", "body_part", "label", "probability", "abnormal", "threshold", "split", "error"]
+_IMAGE_COLUMNS = ["image", "study", "body_part", "label", "probability", "abnormal", "threshold", "split", "error",
+                  "source", "in_scope"]
 _STUDY_COLUMNS = ["study", "body_part", "label", "probability", "abnormal", "threshold", "n_images", "split",
-                  "level"]
+                  "level", "source", "in_scope"]
 _ID_COLUMNS = ("study_id", "study", "group")
 _PROB_COLUMNS = ("probability", "prob", "score", "p_abnormal")
 
@@ -67,6 +68,13 @@ class StudyPrediction:
     probability: float | None
     split: str | None = None
     n_images: int = 1
+    source: str = ""
+    """The data source (folder name) the study came from; empty for single-source files."""
+
+    @property
+    def in_scope(self) -> bool:
+        """False for lower-limb regions (outside what an upper-extremity model is for)."""
+        return BodyPart.parse(self.body_part).in_scope
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +82,8 @@ class StudyPrediction:
 # ----------------------------------------------------------------------------------------------
 
 def aggregate_studies(rows: Iterable[Sequence[Any]], how: str = "mean") -> list[StudyPrediction]:
-    """Image rows ``(study_id, body_part, label, probability[, split])`` -> one `StudyPrediction` per study.
+    """Image rows ``(study_id, body_part, label, probability[, split[, source]])`` -> one `StudyPrediction`
+    per (source, study).
 
     The study probability is `study_probability` (mean as in MURA, or max) of its images' probabilities;
     unreadable images (no probability) are skipped, and a study with none gets ``probability=None``. The
@@ -82,12 +91,13 @@ def aggregate_studies(rows: Iterable[Sequence[Any]], how: str = "mean") -> list[
     part is the most common known part among its images (``"UNKNOWN"`` if none). First-seen order.
     """
     study_probability([], how)  # refuses an unknown rule before reading anything
-    probs: dict[str, list[float]] = defaultdict(list)
-    labels: dict[str, list[int]] = defaultdict(list)
-    parts: dict[str, Counter] = defaultdict(Counter)
-    splits: dict[str, str | None] = {}
+    probs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    labels: dict[tuple[str, str], list[int]] = defaultdict(list)
+    parts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    splits: dict[tuple[str, str], str | None] = {}
     counts: Counter = Counter()
-    for study_id, body_part, label, prob, *rest in rows:
+    for sid, body_part, label, prob, *rest in rows:
+        study_id = (rest[1] if len(rest) > 1 and rest[1] else "", sid)
         counts[study_id] += 1
         splits.setdefault(study_id, rest[0] if rest and rest[0] else None)
         if prob is not None and math.isfinite(float(prob)):
@@ -97,10 +107,10 @@ def aggregate_studies(rows: Iterable[Sequence[Any]], how: str = "mean") -> list[
         key = part_key(body_part)
         if key != "UNKNOWN":
             parts[study_id][key] += 1
-    return [StudyPrediction(sid, parts[sid].most_common(1)[0][0] if parts.get(sid) else "UNKNOWN",
-                            max(labels[sid]) if labels.get(sid) else None,
-                            study_probability(probs.get(sid, []), how), splits.get(sid), counts[sid])
-            for sid in counts]
+    return [StudyPrediction(key[1], parts[key].most_common(1)[0][0] if parts.get(key) else "UNKNOWN",
+                            max(labels[key]) if labels.get(key) else None,
+                            study_probability(probs.get(key, []), how), splits.get(key), counts[key], key[0])
+            for key in counts]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +129,8 @@ def write_predictions(rows: Sequence[Any], thresholds: Mapping[str, float], out:
                       aggregate: str = "mean") -> tuple[Path, Path]:
     """predictions.csv (per image) and study_predictions.csv (per study) from evaluate's image rows.
 
-    Each row needs ``image, study, body_part, label, probability, split, error`` attributes.
+    Each row needs ``image, study, body_part, label, probability, split, error`` attributes (``source``
+    optional).
     """
     out.mkdir(parents=True, exist_ok=True)
     image_path, study_path = out / "predictions.csv", out / "study_predictions.csv"
@@ -130,15 +141,17 @@ def write_predictions(rows: Sequence[Any], thresholds: Mapping[str, float], out:
             t = threshold_for(thresholds, r.body_part)
             writer.writerow([r.image, r.study, r.body_part, "" if r.label is None else r.label,
                              _number(r.probability), _decision(r.probability, t), f"{t:.6f}", r.split or "",
-                             r.error or ""])
-    studies = aggregate_studies(((r.study, r.body_part, r.label, r.probability, r.split) for r in rows), aggregate)
+                             r.error or "", getattr(r, "source", ""), int(BodyPart.parse(r.body_part).in_scope)])
+    studies = aggregate_studies(((r.study, r.body_part, r.label, r.probability, r.split, getattr(r, "source", ""))
+                                 for r in rows), aggregate)
     with study_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(_STUDY_COLUMNS)
         for s in studies:
             t = threshold_for(thresholds, s.body_part)
             writer.writerow([s.study_id, s.body_part, "" if s.label is None else s.label, _number(s.probability),
-                             _decision(s.probability, t), f"{t:.6f}", s.n_images, s.split or "", "study"])
+                             _decision(s.probability, t), f"{t:.6f}", s.n_images, s.split or "", "study",
+                             s.source, int(s.in_scope)])
     return image_path, study_path
 
 
@@ -187,7 +200,7 @@ def read_predictions(path: str | Path) -> list[StudyPrediction]:
         rows = [r for r in rows if r.get("level") == "study"]
     image_rows = [(sid, BodyPart.parse(r.get("body_part")).value,
                    int(float(r["label"])) if r.get("label") not in (None, "") else None,
-                   _finite_or_none(_pick(r, _PROB_COLUMNS)), r.get("split") or None)
+                   _finite_or_none(_pick(r, _PROB_COLUMNS)), r.get("split") or None, r.get("source") or "")
                   for r in rows if (sid := _pick(r, _ID_COLUMNS)) is not None]
     return aggregate_studies(image_rows)
 

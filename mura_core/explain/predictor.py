@@ -93,6 +93,8 @@ class StudyResult:
     cam: str | None = None
     target: str = "abnormal"
     tta: bool = False
+    threshold_reason: str = ""
+    """Which threshold was applied and why (`Predictor.threshold_reason`)."""
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -115,13 +117,16 @@ class _Member:
     name: str
     sha256: str | None
     thresholds: dict[str, float]
+    temperature: float = 1.0
+    """Calibration from the card: P = sigmoid(logit / temperature)."""
 
 
 def _member(loaded: LoadedModel, device: torch.device) -> _Member:
     card = loaded.card
     model = loaded.model.to(device).eval()
     config = PreprocessConfig(image_size=int(card.image_size), mean=tuple(card.mean), std=tuple(card.std))
-    return _Member(model, get_arch(card.arch), config, card.name, loaded.sha256, dict(card.thresholds))
+    return _Member(model, get_arch(card.arch), config, card.name, loaded.sha256, dict(card.thresholds),
+                   float(getattr(card, "temperature", 1.0) or 1.0))
 
 
 def _mean_thresholds(members: Sequence[_Member]) -> dict[str, float]:
@@ -204,6 +209,17 @@ class Predictor:
         """The body part's threshold, else the default."""
         return threshold_for(self.thresholds, body_part)
 
+    def threshold_reason(self, body_part: BodyPart | str | None) -> str:
+        """Which threshold applies to `body_part` and why, in words a reader can check against the card."""
+        part = BodyPart.parse(getattr(body_part, "value", body_part))
+        value = self.threshold_for(part)
+        if part is not BodyPart.UNKNOWN and part.value in self.thresholds:
+            return f"{part.label}'s own threshold {value:.1%}, fitted on its valid images"
+        if part is BodyPart.UNKNOWN:
+            return f"global threshold {value:.1%}: no body part given"
+        return (f"global threshold {value:.1%}: the valid data has too few normal and abnormal "
+                f"{part.label} images to fit one of its own")
+
     @property
     def input_configs(self) -> list[PreprocessConfig]:
         """The distinct preprocessing configurations the members need (one for a single model)."""
@@ -275,7 +291,7 @@ class Predictor:
                 resolved = {m: self._method_for(member, m) for m in methods}
                 by_name, logits = explain_many(member.model, member.spec, x, list(resolved.values()), target)
                 member_maps = {m: by_name[resolved[m]] for m in methods}
-            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / member.temperature))
             if tta:
                 p = (p[:n] + p[n:]) / 2.0
                 member_maps = {m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in member_maps.items()}
@@ -354,7 +370,8 @@ class Predictor:
             probability=probability, threshold=threshold,
             abnormal=None if probability is None else bool(probability >= threshold),
             body_part=part.value, aggregate=aggregate, views=results, driving_view=driving,
-            model_name=self.name, cam=self.resolve_cam(cam), target=target, tta=tta)
+            model_name=self.name, cam=self.resolve_cam(cam), target=target, tta=tta,
+            threshold_reason=self.threshold_reason(part))
 
 
 def _decode(view: View, window: tuple[float, float] | None) -> ViewResult:
