@@ -154,3 +154,23 @@ def test_cli_runs_under_torchrun_with_two_gloo_processes(tiny_data: Path, second
     assert loaded.card.recipe["world_size"] == 2
     assert len(list(csv.DictReader(out.with_name("ddp.log.csv").open()))) == 1
     shutil.rmtree(out.parent)
+
+
+def test_leave_one_source_out_scores_each_source_with_a_model_that_never_saw_it(
+        tiny_data: Path, second_source: Path, tmp_path: Path) -> None:
+    import json
+
+    from mura_core.commands.loso import cli_main as loso_main
+
+    rc = loso_main(["--data", str(tiny_data), "--data", str(second_source), "--arch", "shallow_cnn",
+                    "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-progress",
+                    "--out", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads((tmp_path / "loso.json").read_text())
+    assert [(r["held_out"], r["trained_on"]) for r in summary["runs"]] == [("data", ["other"]), ("other", ["data"])]
+    for run in summary["runs"]:
+        card = load_checkpoint(tmp_path / run["checkpoint"]).card
+        assert run["held_out"] not in card.training_data.split(":")[0]
+        report = json.loads((tmp_path / run["report"] / "report.json").read_text())
+        assert list(report["by_source"]) == [run["held_out"]]
+    assert loso_main(["--data", str(tiny_data), "--arch", "shallow_cnn", "--out", str(tmp_path / "x")]) == 2
