@@ -35,10 +35,14 @@ with st.sidebar:
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
-    part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
-                               format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
-                               help="Chooses the decision threshold. Automatic: the dataset's body part, "
-                                    "else the DICOM BodyPartExamined tag, else the default threshold.")
+    part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known() + BodyPart.regions()
+                                                        if p.in_scope],
+                               key="viewer_part",
+                               format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto"
+                               else BodyPart(v).label,
+                               help="Picks the body part's own decision threshold where the model has one "
+                                    "fitted on enough valid images; otherwise the global threshold applies. "
+                                    "The study summary says which threshold was used and why.")
     window = None
     if st.checkbox("Set DICOM window/level", key="viewer_window_on",
                    help="Overrides the window stored in DICOM files; PNG/JPEG are unaffected."):
@@ -95,10 +99,10 @@ st.subheader("Study result")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Study probability (abnormal)", format_probability(result.probability))
 c2.metric("Decision", decision_label(result))
-c3.metric("Threshold", format_probability(result.threshold))
+c3.metric("Threshold", format_probability(result.threshold), help=result.threshold_reason or None)
 c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
           help="From the data or the DICOM tag; choose it in the sidebar when the files do not say. "
-               "It picks the decision threshold.")
+               "It picks the threshold when the model has one fitted for it.")
 st.markdown(study_summary(result))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
@@ -130,6 +134,8 @@ for i, view in enumerate(result.views):
         st.metric("P(abnormal)", format_probability(view.probability))
         if view.peak is not None:
             st.caption(f"Heat-map peak at x={view.peak[0]:.2f}, y={view.peak[1]:.2f} of the image.")
+        for note in getattr(view.meta, "notes", ()) or ():
+            st.caption(f":material/info: {note}")
         facts = meta_rows(view.meta)
         if facts:
             with st.expander("Image details"):

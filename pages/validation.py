@@ -4,15 +4,15 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
-from mura_core.app.validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, calibration_figure,
-                                      confusion_by_body_part, confusion_figure, describe_report, kappa_comparison,
-                                      kappas_by_body_part, metrics_table, pointing_game_rows, roc_figure,
-                                      single_class_parts)
+from mura_core.app.validation import (calibration_figure, confusion_by_body_part, confusion_figure,
+                                      describe_report, filter_predictions, kappa_caption, kappa_comparison,
+                                      kappas_by_body_part, loso_rows, metrics_table, pointing_game_rows, roc_figure,
+                                      single_class_parts, source_options)
 from mura_core.data.roots import default_data_root
 from mura_core.evaluation.reports import find_reports
 
 navigation.require_app_shell()
-session.keep("validation_source", "validation_mode")
+session.keep("validation_source", "validation_mode", "validation_data_source", "validation_scope")
 
 st.title("Validation")
 model = services.selected_model()
@@ -39,6 +39,7 @@ if source == "shipped":
         st.stop()
     thresholds = services.report_thresholds(report, ref.name)
     title = ref.name
+    data_words = f"the {report.get('split', 'all')} split of {(report.get('data') or {}).get('name', ref.name)}"
     st.caption(describe_report(report))
     if not predictions:
         st.warning(f"{ref.folder} has no predictions.csv, so nothing can be recomputed.")
@@ -51,7 +52,7 @@ else:
     default = default_data_root()
     session.keep("validation_split", defaults={"validation_path": str(default) if default else ""})
     typed = st.text_input("Data folder or manifest.csv", key="validation_path")
-    split = st.selectbox("Split", ["valid", "train", "all"], key="validation_split")
+    split = st.selectbox("Split", ["valid", "test", "train", "all"], key="validation_split")
     if st.button(f"Evaluate {model} on this data", key="validation_run", disabled=not typed.strip()):
         bar = st.progress(0.0, text="Scoring…")
         try:
@@ -61,16 +62,28 @@ else:
         except Exception as exc:
             st.error(f"The evaluation could not run: {exc}")
             st.stop()
-    predictions = services.evaluation_results(model, typed.strip(), None if split == "all" else split)
+    predictions, report = services.evaluation_results(model, typed.strip(), None if split == "all" else split)
     if not predictions:
-        st.info("Press the button to score every study of the split (no heat maps; takes a while on a CPU).")
+        st.info("Press the button to score every study of the split (heat maps only on images with finding "
+                "boxes, for the pointing game; takes a while on a CPU).")
         st.stop()
     thresholds = services.model_thresholds(model)
     title = f"{model} on {typed.strip()} ({split})"
+    data_words = f"the {split} split of {typed.strip()}"
 
 st.subheader(title)
+sources = source_options(predictions)
+chosen_source = st.selectbox("Source", sources, key="validation_data_source") if len(sources) > 1 else sources[0]
+include_out = st.toggle("Include out-of-scope regions (leg, hip)", key="validation_scope",
+                        help="Lower-limb images are outside what an upper-extremity model is for; they are left "
+                             "out of every figure unless you include them here.")
+everything = predictions
+predictions = filter_predictions(everything, chosen_source, in_scope_only=not include_out)
 n_abnormal = sum(1 for p in predictions if p.label == 1)
-st.caption(f"{len(predictions)} studies, {n_abnormal} abnormal. Study probability = mean over its views.")
+left_out = len(filter_predictions(everything, chosen_source, in_scope_only=False)) - len(predictions)
+st.caption(f"{len(predictions)} studies, {n_abnormal} abnormal"
+           + (f" ({left_out} out-of-scope studies left out)" if left_out else "")
+           + ". Study probability = mean over its views.")
 
 # ---- operating point ---------------------------------------------------------------------------
 mode = st.radio("Threshold", ["card", "slider"], horizontal=True, key="validation_mode",
@@ -95,7 +108,9 @@ st.plotly_chart(confusion_figure(confusion_by_body_part(predictions, chosen)), k
 
 st.markdown("#### Metrics with 95% bootstrap intervals")
 table = metrics_table(predictions, chosen)
-st.dataframe(table, hide_index=True, width="stretch")
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={name: st.column_config.TextColumn(name, width="medium")
+                            for name in ("auc", "kappa", "sensitivity", "specificity", "accuracy")})
 
 left, right = st.columns(2)
 with left:
@@ -104,9 +119,18 @@ with left:
 with right:
     st.markdown("#### Calibration (reliability curve)")
     st.plotly_chart(calibration_figure(predictions), key="validation_calibration")
-    st.caption("Points on the diagonal mean a probability of 70% is abnormal 70% of the time.")
+    st.caption("Points on the diagonal mean a probability of 70% is abnormal 70% of the time; one curve "
+               "per source when the data has several.")
 
-if source == "shipped" and pointing_game_rows(report):
+if source == "shipped":
+    held_out = loso_rows(services.model_loso(ref.name))
+    if held_out:
+        st.markdown("#### On a source it never saw: leave-one-source-out")
+        st.dataframe(held_out, hide_index=True, width="stretch")
+        st.caption("Each row: the same recipe trained without that source, scored on its valid split. This is "
+                   "the closest figure here to how the model would do on your own radiographs.")
+
+if pointing_game_rows(report):
     st.markdown("#### Where the model looked: pointing game")
     st.dataframe(pointing_game_rows(report), hide_index=True, width="stretch")
     st.caption("A hit when the heat map's maximum falls inside (or within a few pixels of) a ground-truth "
@@ -114,4 +138,4 @@ if source == "shipped" and pointing_game_rows(report):
 
 st.markdown("#### Agreement with radiologists (Cohen's kappa)")
 st.dataframe(kappa_comparison(kappas_by_body_part(predictions, chosen)), hide_index=True, width="stretch")
-st.caption(f"{MURA_PAPER_SOURCE}. {SPLITS_DIFFER_NOTE}")
+st.caption(kappa_caption(data_words))

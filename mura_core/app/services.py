@@ -55,6 +55,8 @@ __all__ = [
     "report_thresholds",
     "result_cache",
     "run_evaluation",
+    "model_loso",
+    "model_warning",
     "score_for_browser",
     "score_study",
     "selected_model",
@@ -112,8 +114,12 @@ def model_selector() -> str | None:
     current = selected_model()
     name = st.sidebar.selectbox("Model", choice.names, index=choice.names.index(current),
                                 key="sidebar_model",
+                                format_func=lambda n: f"{n} (weak: AUC < 0.7)" if model_warning(n) else n,
                                 help="Checkpoints listed in weights/index.json (the first is the default).")
     st.session_state[MODEL_KEY] = name
+    warning = model_warning(name)
+    if warning:
+        st.sidebar.warning(warning, icon=":material/warning:")
     return name
 
 
@@ -440,6 +446,26 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
     return load_report(ref)
 
 
+def model_loso(name: str | None) -> dict[str, Any] | None:
+    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``)."""
+    from mura_core.training.loso import read_loso
+
+    if name is None:
+        return None
+    try:
+        return read_loso(weights_folder() / f"{name}.loso.json")
+    except (OSError, ValueError):
+        return None
+
+
+def model_warning(name: str | None) -> str | None:
+    """The weak-model warning for a model whose shipped report is below chance-like AUC on every source."""
+    from mura_core.evaluation.reports import weak_model_warning
+
+    report, _ = model_report(name)
+    return weak_model_warning(report)
+
+
 def report_thresholds(report: dict[str, Any], name: str) -> dict[str, float]:
     """The thresholds the report was computed at, else the model card's when the model is known."""
     found = thresholds_of(report)
@@ -452,21 +478,21 @@ _EVAL_KEY = "evaluations"
 
 
 def run_evaluation(model: str, data: str, split: str | None, progress: Any = None) -> list[StudyPrediction]:
-    """Score every study of a data split (inside configured roots) and keep the study predictions
-    in this session; returns them."""
+    """Score every image of a data split (inside configured roots) with `evaluate`, heat maps on images
+    with finding boxes for the pointing game; keep the study predictions and the report in this session."""
+    from mura_core.evaluation.evaluate import evaluate_rows
+    from mura_core.evaluation.reports import aggregate_studies
+
     resolved = Path(data).expanduser().resolve()
     remember_root(resolved)
     if not is_within(resolved, allowed_roots()):
         raise ValueError(f"{data} is not inside a configured data folder")
-    index = open_dataset_cached(str(resolved))
-    studies = [s for s in index.studies if split is None or s.split == split]
-    if not studies:
+    report, rows = evaluate_rows(str(resolved), split=split, predictor=get_predictor(model), cam="auto",
+                                 n_bootstrap=0, workers=0, progress=False, on_progress=progress)
+    if not rows:
         raise ValueError(f"no studies in split {split!r} of {data}")
-    root = resolved if resolved.is_dir() else resolved.parent
-    probs = score_for_browser(model, str(resolved), studies, root, progress)
-    out = [StudyPrediction(s.study_id, BodyPart.parse(getattr(s.body_part, "value", s.body_part)).value,
-                           s.label, probs.get(s.study_id), s.split) for s in studies]
-    st.session_state.setdefault(_EVAL_KEY, {})[_evaluation_key(model, data, split)] = out
+    out = aggregate_studies((r.study, r.body_part, r.label, r.probability, r.split, r.source) for r in rows)
+    st.session_state.setdefault(_EVAL_KEY, {})[_evaluation_key(model, data, split)] = (out, report)
     return out
 
 
@@ -476,9 +502,9 @@ def _evaluation_key(model: str, data: str, split: str | None) -> tuple[str, str,
     return model, resolved, split or "all"
 
 
-def evaluation_results(model: str, data: str, split: str | None) -> list[StudyPrediction]:
-    """Predictions of an evaluation run in this session for this model, data path and split (None: all)."""
-    return st.session_state.get(_EVAL_KEY, {}).get(_evaluation_key(model, data, split), [])
+def evaluation_results(model: str, data: str, split: str | None) -> tuple[list[StudyPrediction], dict[str, Any]]:
+    """Study predictions and report of an evaluation run in this session (([], {}) when none yet)."""
+    return st.session_state.get(_EVAL_KEY, {}).get(_evaluation_key(model, data, split), ([], {}))
 
 
 def card_markdown(name: str) -> str:

@@ -40,6 +40,10 @@ __all__ = [
     "roc_figure",
     "calibration_points",
     "calibration_figure",
+    "source_options",
+    "filter_predictions",
+    "loso_rows",
+    "kappa_caption",
 ]
 
 MURA_PAPER_SOURCE = (
@@ -60,9 +64,38 @@ MURA_PAPER_KAPPA: dict[str, tuple[float, float]] = {
 
 SPLITS_DIFFER_NOTE = (
     "The paper's numbers are on MURA's own 207-study test set with a radiologist gold standard; "
-    "ours are on this project's validation split with its labels. The data, labels and splits "
-    "differ, so compare the order of magnitude, not the decimals."
+    "ours are on {data} with its labels. The data, labels and splits differ, so compare the order of "
+    "magnitude, not the decimals."
 )
+ALL_SOURCES = "all sources"
+
+
+def kappa_caption(data: str) -> str:
+    """The kappa table's caption, naming the data our kappas come from."""
+    return f"{MURA_PAPER_SOURCE}. {SPLITS_DIFFER_NOTE.format(data=data)}"
+
+
+def source_options(predictions: Sequence[StudyPrediction]) -> list[str]:
+    """'all sources' then each source present (a single-source file gives just 'all sources')."""
+    names = sorted({p.source for p in predictions if p.source})
+    return [ALL_SOURCES] + (names if len(names) > 1 else [])
+
+
+def filter_predictions(predictions: Sequence[StudyPrediction], source: str = ALL_SOURCES,
+                       in_scope_only: bool = True) -> list[StudyPrediction]:
+    """One source's (or every source's) studies, out-of-scope regions (leg, hip) left out by default."""
+    return [p for p in predictions if (source == ALL_SOURCES or p.source == source)
+            and (p.in_scope or not in_scope_only)]
+
+
+def loso_rows(loso: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Leave-one-source-out results as table rows ([] without a loso.json)."""
+    rows = []
+    for run in (loso or {}).get("runs", []):
+        rows.append({"held-out source (never seen)": run["held_out"], "trained on": ", ".join(run["trained_on"]),
+                     "images": run.get("n_images"), "AUC on the held-out source":
+                     _with_interval(run.get("auc"), run.get("auc_ci")), "kappa": _with_interval(run.get("kappa"), None)})
+    return rows
 
 def _scored(predictions: Sequence[StudyPrediction]) -> list[StudyPrediction]:
     return [p for p in predictions if p.probability is not None and p.label in (0, 1)]
@@ -130,12 +163,12 @@ def metrics_table(predictions: Sequence[StudyPrediction], thresholds: Mapping[st
 
 
 def _with_interval(value: float | None, ci: Sequence[float] | None) -> str:
-    """'0.912 (0.870–0.950)', '0.912' without interval, '—' when undefined."""
+    """'0.912 (0.87–0.95)', '0.912' without interval, '—' when undefined."""
     if value is None:
         return "—"
     if not ci:
         return f"{value:.3f}"
-    return f"{value:.3f} ({ci[0]:.3f}–{ci[1]:.3f})"
+    return f"{value:.3f} ({ci[0]:.2f}–{ci[1]:.2f})"
 
 
 def kappas_by_body_part(predictions: Sequence[StudyPrediction],
@@ -190,17 +223,28 @@ def pointing_game_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def kappa_comparison(our_kappas: Mapping[str, float | None]) -> list[dict[str, Any]]:
-    """Rows body part -> paper's best radiologist, paper's model, ours (None when we lack the part)."""
+    """Rows body part -> paper's best radiologist, paper's model, ours, then the regions only our data has.
+
+    Ours reads "not in this data" for a MURA part the data lacks and "one class only" where the data has
+    the part but not both classes (kappa undefined), so no cell is left blank without a reason.
+    """
     rows = []
     for part, (radiologist, model) in MURA_PAPER_KAPPA.items():
-        ours = our_kappas.get(part)
-        rows.append({
-            "body part": part,
-            "radiologist (best, paper)": radiologist,
-            "model (paper)": model,
-            "this model": None if ours is None else round(float(ours), 3),
-        })
+        rows.append({"body part": part.lower() if part != "overall" else "overall",
+                     "radiologist (best, paper)": f"{radiologist:.3f}", "model (paper)": f"{model:.3f}",
+                     "this model": _our_kappa(our_kappas, part)})
+    for part in our_kappas:
+        if part not in MURA_PAPER_KAPPA:
+            rows.append({"body part": BodyPart.parse(part).label, "radiologist (best, paper)": "not in the paper",
+                         "model (paper)": "not in the paper", "this model": _our_kappa(our_kappas, part)})
     return rows
+
+
+def _our_kappa(our_kappas: Mapping[str, float | None], part: str) -> str:
+    if part not in our_kappas:
+        return "not in this data"
+    value = our_kappas[part]
+    return "one class only" if value is None else f"{float(value):.3f}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,14 +356,19 @@ def calibration_figure(predictions: Sequence[StudyPrediction], n_bins: int = 10)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
                              name="perfectly calibrated", hoverinfo="skip"))
-    points = calibration_points(predictions, n_bins)
-    if points is not None:
-        fig.add_trace(go.Scatter(x=points[0], y=points[1], mode="lines+markers", name="this model"))
+    sources = sorted({p.source for p in predictions if p.source})
+    groups = [(name, [p for p in predictions if p.source == name]) for name in sources] if len(sources) > 1 \
+        else [("this model", list(predictions))]
+    for name, rows in groups:
+        points = calibration_points(rows, n_bins)
+        if points is not None:
+            fig.add_trace(go.Scatter(x=points[0], y=points[1], mode="lines+markers", name=name))
     probs = [p.probability for p in _scored(predictions)]
     fig.add_trace(go.Histogram(x=probs, xbins=dict(start=0, end=1, size=1 / n_bins), yaxis="y2",
                                name="studies per bin", opacity=0.25, marker_color="grey"))
     fig.update_layout(xaxis_title="mean predicted probability", yaxis_title="observed fraction abnormal",
                       yaxis=dict(range=[0, 1.02]), xaxis=dict(range=[0, 1]),
-                      yaxis2=dict(overlaying="y", side="right", showgrid=False, title="studies"),
+                      yaxis2=dict(overlaying="y", side="right", showgrid=False, title="studies",
+                                  tickformat="d", rangemode="tozero"),
                       height=420, margin=dict(l=10, r=10, t=30, b=10), legend=dict(x=0.01, y=0.99))
     return fig

@@ -223,11 +223,12 @@ def study_summary(result: Any) -> str:
         return (f"No view could be scored ({n_bad} unreadable file{'s' if n_bad != 1 else ''}); "
                 "there is no study result.")
     part = _part_name(result.body_part)
-    part_text = "the default" if part == BodyPart.UNKNOWN.value else f"the {part.lower()}"
+    part_text = "default" if part == BodyPart.UNKNOWN.value else BodyPart.parse(part).label
     relation = "at or above" if result.abnormal else "below"
+    reason = getattr(result, "threshold_reason", "") or f"{part_text} threshold {format_probability(result.threshold)}"
     text = (f"**{decision_label(result)}**: study probability {format_probability(result.probability)} "
             f"({getattr(result, 'aggregate', 'mean')} of {n_ok} view{'s' if n_ok != 1 else ''}) is "
-            f"{relation} {part_text} threshold {format_probability(result.threshold)}.")
+            f"{relation} the {reason}.")
     index = getattr(result, "driving_view", None)
     if index is not None and 0 <= index < len(views):
         view = views[index]

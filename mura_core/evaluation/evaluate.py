@@ -49,6 +49,7 @@ __all__ = [
     "build_report",
     "default_workers",
     "evaluate_dataset",
+    "evaluate_rows",
     "image_rows",
     "metrics_report",
     "source_name",
@@ -315,7 +316,7 @@ def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any
 
 def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batch_size: int = 16,
                workers: int | None = None, tolerance: float = 15.0, tta: bool = False,
-               progress: bool = True) -> _Scoring:
+               progress: bool = True, on_progress: Any = None) -> _Scoring:
     """Fill each row's probability (or error), decoding in a DataLoader; boxed images also get heat maps."""
     from tqdm import tqdm
 
@@ -340,6 +341,8 @@ def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batc
         if boxed:
             _score_boxed(predictor, rows, boxed, configs, methods, scoring, tolerance, tta)
         bar.update(len(batch))
+        if on_progress is not None:
+            on_progress(bar.n, len(rows))
     bar.close()
     return scoring
 
@@ -478,7 +481,7 @@ def _pointing_games(rows: Sequence[ImageRow], methods: Sequence[str], scoring: _
     return overall, per_source
 
 
-def evaluate_dataset(
+def evaluate_rows(
     data: str | Path | Sequence[str | Path],
     *,
     split: str | None = None,
@@ -497,8 +500,10 @@ def evaluate_dataset(
     device: str = "auto",
     progress: bool = True,
     weights_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Score every image of `data` (one split, or all rows) and build the report (written if `out`).
+    on_progress: Any = None,
+) -> tuple[dict[str, Any], list[ImageRow]]:
+    """Score every image of `data` (one split, or all rows) and build the report (written if `out`);
+    returns the report and the scored image rows (`evaluate_dataset` returns the report only).
 
     Args:
         data: one source or a list of sources (MURA folder, manifest, FracAtlas folder); the same split
@@ -511,6 +516,7 @@ def evaluate_dataset(
         limit: evaluate only the first N studies of each source.
         tolerance: pointing-game tolerance in original-image pixels (default 15).
         aggregate: study probability rule, "mean" (MURA) or "max".
+        on_progress: called as on_progress(done, total) after each batch (e.g. a progress bar).
     """
     from mura_core.explain.localization import DEFAULT_TOLERANCE_PX
     from mura_core.explain.predictor import Predictor
@@ -522,7 +528,7 @@ def evaluate_dataset(
     methods = _methods(predictor, cam)
     index, rows, sources = _open_sources(data, split, limit)
     scoring = score_rows(predictor, rows, methods, batch_size=batch_size, workers=workers, tolerance=tolerance,
-                         tta=tta, progress=progress)
+                         tta=tta, progress=progress, on_progress=on_progress)
     report = build_report(predictor, index, rows, data=data if isinstance(data, (str, Path)) else sources[0]["path"],
                           split=split, limit=limit, aggregate=aggregate, tta=tta, n_bootstrap=n_bootstrap,
                           seed=seed, sources=sources)
@@ -533,4 +539,9 @@ def evaluate_dataset(
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         write_outputs(report, rows, out)
-    return report
+    return report, rows
+
+
+def evaluate_dataset(data: str | Path | Sequence[str | Path], **kwargs: Any) -> dict[str, Any]:
+    """`evaluate_rows` without the rows: score `data` and return (and with ``out=``, write) the report."""
+    return evaluate_rows(data, **kwargs)[0]

@@ -44,6 +44,9 @@ __all__ = [
     "thresholds_of",
     "write_predictions",
     "write_report",
+    "WEAK_AUC",
+    "weak_model_warning",
+    "source_aucs",
 ]
 
 REPORT_NAME = "report.json"
@@ -308,3 +311,29 @@ def metrics_markdown(report: Mapping[str, Any], source: str) -> str:
         overall = (report.get(f"{level}_level") or {}).get("overall") or {}
         lines.append(f"| {level} | " + " | ".join(_with_ci(overall, m) for m in HEADLINE_METRICS) + " |")
     return "\n".join(lines + [""])
+
+
+WEAK_AUC = 0.7
+"""Below this valid AUC on every source a model carries a visible warning wherever it is offered."""
+
+
+def source_aucs(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """In-scope image-level AUC per source (a single-source report: its one source)."""
+    by_source = report.get("by_source") or {}
+    if by_source:
+        return {name: ((r.get("image_level") or {}).get("overall") or {}).get("auc") for name, r in by_source.items()}
+    data = (report.get("data") or {}).get("name", "data")
+    return {Path(str(data)).name: ((report.get("image_level") or {}).get("overall") or {}).get("auc")}
+
+
+def weak_model_warning(report: Mapping[str, Any] | None) -> str | None:
+    """A warning when the report's AUC is below `WEAK_AUC` on every source (None when it is not)."""
+    if not report:
+        return None
+    aucs = source_aucs(report)
+    known = [v for v in aucs.values() if isinstance(v, (int, float))]
+    if not known or max(known) >= WEAK_AUC:
+        return None
+    listed = ", ".join(f"{name} {value:.2f}" for name, value in aucs.items() if isinstance(value, (int, float)))
+    return (f"Weak model: valid AUC below {WEAK_AUC:.1f} on every source ({listed}). Its scores are close to "
+            "chance: use it for teaching comparisons, not as a second reader.")

@@ -40,7 +40,8 @@ def test_validation_page_renders_matrices_and_moves_with_slider(app: AppTest):
     assert set(metrics["body part"]) >= {"WRIST", "ELBOW", "overall"}
     assert "(" in metrics.loc[metrics["body part"] == "overall", "auc"].item()   # 95% interval shown
     kappas = tables[1].value
-    assert kappas.loc[kappas["body part"] == "WRIST", "radiologist (best, paper)"].item() == pytest.approx(0.931)
+    assert kappas.loc[kappas["body part"] == "wrist", "radiologist (best, paper)"].item() == "0.931"
+    assert all(isinstance(v, str) and v for v in kappas["this model"])  # every blank cell says why
     assert any("splits" in c.value and "differ" in c.value for c in at.caption)
     before = metrics.loc[metrics["body part"] == "overall", "sensitivity"].item()
     at.radio(key="validation_mode").set_value("slider").run()

@@ -46,8 +46,28 @@ def test_kappas_and_comparison():
     kappas = kappas_by_body_part(PREDS, 0.5)
     assert kappas["ELBOW"] == pytest.approx(1.0) and kappas["WRIST"] == pytest.approx(0.0)
     rows = {r["body part"]: r for r in kappa_comparison(kappas)}
-    assert rows["ELBOW"]["this model"] == 1.0 and rows["HAND"]["this model"] is None
-    assert rows["WRIST"]["radiologist (best, paper)"] == 0.931 and rows["overall"]["model (paper)"] == 0.705
+    assert rows["elbow"]["this model"] == "1.000" and rows["hand"]["this model"] == "not in this data"
+    assert rows["wrist"]["radiologist (best, paper)"] == "0.931" and rows["overall"]["model (paper)"] == "0.705"
+    with_regions = {r["body part"]: r for r in kappa_comparison({**kappas, "FINGER": None,
+                                                                 "HAND_WRIST_FOREARM": 0.61})}
+    assert with_regions["finger"]["this model"] == "one class only"
+    assert with_regions["hand/wrist/forearm"]["this model"] == "0.610"
+    assert with_regions["hand/wrist/forearm"]["radiologist (best, paper)"] == "not in the paper"
+
+
+def test_sources_filter_and_leave_one_source_out_rows():
+    from mura_core.app.validation import filter_predictions, loso_rows, source_options
+
+    preds = [StudyPrediction("a", "HAND_WRIST_FOREARM", 1, 0.9, source="FracAtlas"),
+             StudyPrediction("b", "LEG", 0, 0.2, source="FracAtlas"),
+             StudyPrediction("c", "WRIST", 1, 0.7, source="bone-fracture-xr")]
+    assert source_options(preds) == ["all sources", "FracAtlas", "bone-fracture-xr"]
+    assert [p.study_id for p in filter_predictions(preds)] == ["a", "c"]
+    assert [p.study_id for p in filter_predictions(preds, "FracAtlas", in_scope_only=False)] == ["a", "b"]
+    rows = loso_rows({"runs": [{"held_out": "FracAtlas", "trained_on": ["bone-fracture-xr"], "n_images": 257,
+                                "auc": 0.71, "auc_ci": [0.64, 0.78], "kappa": None}]})
+    assert rows[0]["AUC on the held-out source"] == "0.710 (0.64–0.78)" and rows[0]["kappa"] == "—"
+    assert loso_rows(None) == []
 
 
 def test_single_class_parts():
@@ -71,7 +91,7 @@ def test_pointing_game_rows():
     report = {"pointing_game": {"methods": {"cam": {"n": 10, "hits": 6, "hit_rate": 0.6, "ci95": [0.31, 0.83],
                                                     "centre_baseline": 0.3, "random_baseline": 0.12}}}}
     (row,) = pointing_game_rows(report)
-    assert row["heat-map method"] == "cam" and row["peak inside a box"] == "0.600 (0.310–0.830)"
+    assert row["heat-map method"] == "cam" and row["peak inside a box"] == "0.600 (0.31–0.83)"
     assert row["image-centre baseline"] == 0.3
     assert pointing_game_rows({}) == [] and pointing_game_rows({"pointing_game": None}) == []
 

@@ -122,6 +122,8 @@ def test_study_summary_abnormal_names_driving_view_and_unreadable():
 def test_study_summary_normal_and_nothing_scored():
     res = FakeStudy(0.2, 0.5, False, "UNKNOWN", views=[FakeView("a.png", 0.2)], driving_view=0)
     assert "**Normal**" in study_summary(res) and "below the default threshold" in study_summary(res)
+    res.threshold_reason = "global threshold 50.0%: no body part given"
+    assert "below the global threshold 50.0%: no body part given." in study_summary(res)
     none = FakeStudy(None, 0.5, None, "UNKNOWN", views=[FakeView("x.png", None, error="x")])
     assert "No view could be scored" in study_summary(none)
     assert decision_label(none) == "Not scored"

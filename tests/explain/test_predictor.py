@@ -207,3 +207,19 @@ def test_prepare_uses_card_preprocessing(predictor):
     (config, batch), = predictor.prepare([img]).items()
     assert config == PreprocessConfig(64, predictor.card.mean, predictor.card.std)
     assert batch.shape == (1, 3, 64, 64)
+
+
+def test_card_temperature_calibrates_probabilities_and_the_threshold_reason_says_why(tmp_path: Path) -> None:
+    tiny_checkpoint(tmp_path / "t.pt", thresholds={"default": 0.4, "WRIST": 0.3})
+    image = grey_image(64, 64, seed=3)
+    plain = Predictor(load_checkpoint(tmp_path / "t.pt"), device="cpu")
+    hot = load_checkpoint(tmp_path / "t.pt")
+    hot.card.temperature = 2.0
+    calibrated = Predictor(hot, device="cpu")
+    p1 = float(plain.predict_images([image])[0][0])
+    p2 = float(calibrated.predict_images([image])[0][0])
+    logit = np.log(p1 / (1 - p1))
+    assert p2 == pytest.approx(1 / (1 + np.exp(-logit / 2.0)), rel=1e-5)
+    assert "wrist's own threshold 30.0%" in plain.threshold_reason(BodyPart.WRIST)
+    assert "too few" in plain.threshold_reason(BodyPart.HAND_WRIST_FOREARM)
+    assert "no body part given" in plain.threshold_reason(None)
