@@ -513,7 +513,7 @@ def card_markdown(name: str) -> str:
     from mura_core.models.checkpoints import render_card_markdown
 
     report, source = model_report(name)
-    section = (metrics_markdown(report, source) if report is not None else
+    section = (metrics_markdown(report, source, model_loso(name)) if report is not None else
                f"## Metrics\n\nNo evaluate report ships with these weights ({source}); run "
                "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
     return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)

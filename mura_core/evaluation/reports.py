@@ -300,16 +300,56 @@ def _with_ci(overall: Mapping[str, Any], name: str) -> str:
     return f"{value:.3f} [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else f"{value:.3f}"
 
 
-def metrics_markdown(report: Mapping[str, Any], source: str) -> str:
-    """A model card's metrics section quoting an evaluate report (image and study level, 95% intervals)."""
+def _metric_row(label: str, overall: Mapping[str, Any]) -> str:
+    return f"| {label} | {overall.get('n', '—')} | " + " | ".join(_with_ci(overall, m) for m in HEADLINE_METRICS) + " |"
+
+
+def _source_section(name: str, source: Mapping[str, Any]) -> list[str]:
+    """One source's image-level table per body part/region, calibration and out-of-scope figures."""
+    image = source.get("image_level") or {}
+    lines = [f"### {name}", "", "| image level | n | " + " | ".join(HEADLINE_METRICS) + " |",
+             "|---|---|" + "---|" * len(HEADLINE_METRICS), _metric_row("all in-scope", image.get("overall") or {})]
+    for part, row in (image.get("by_body_part") or {}).items():
+        lines.append(_metric_row(BodyPart.parse(part).label, row))
+    calibration = source.get("calibration") or {}
+    if calibration.get("ece") is not None:
+        lines += ["", f"Expected calibration error (10 bins): {calibration['ece']:.3f}."]
+    outside = (source.get("out_of_scope") or {}).get("by_body_part") or {}
+    if outside:
+        lines += ["", "Out of scope (lower limb, reported apart, not in the figures above): " + "; ".join(
+            f"{BodyPart.parse(part).label} AUC {_with_ci(row, 'auc')} on {row.get('n')} images"
+            for part, row in outside.items()) + "."]
+    game = (source.get("pointing_game") or {}).get("methods") or {}
+    for method, summary in game.items():
+        rate = summary.get("hit_rate")
+        if rate is not None:
+            lines += ["", f"Pointing game ({method}): {rate:.2f} of {summary.get('n')} boxed abnormal images "
+                          f"(centre-point baseline {summary.get('centre_baseline') or 0:.2f})."]
+    return lines + [""]
+
+
+def metrics_markdown(report: Mapping[str, Any], source: str, loso: Mapping[str, Any] | None = None) -> str:
+    """A model card's metrics section quoting an evaluate report: overall (image and study level, 95%
+    intervals), then per source and body part or region, and the leave-one-source-out results."""
     data = report.get("data") or {}
     lines = [f"## Metrics (quoted from the evaluate report `{source}`)", "",
              f"Data: {data.get('name', '—')}, split {report.get('split', '—')}; "
-             f"{report.get('n_studies', '—')} studies, {data.get('n_images', '—')} images.", "",
-             "| level | " + " | ".join(HEADLINE_METRICS) + " |", "|---|" + "---|" * len(HEADLINE_METRICS)]
+             f"{report.get('n_studies', '—')} studies, {data.get('n_images', '—')} images. "
+             + (f"{report['scope_rule'].capitalize()}." if report.get("scope_rule") else ""), "",
+             "| level | n | " + " | ".join(HEADLINE_METRICS) + " |", "|---|---|" + "---|" * len(HEADLINE_METRICS)]
     for level in ("image", "study"):
-        overall = (report.get(f"{level}_level") or {}).get("overall") or {}
-        lines.append(f"| {level} | " + " | ".join(_with_ci(overall, m) for m in HEADLINE_METRICS) + " |")
+        lines.append(_metric_row(level, (report.get(f"{level}_level") or {}).get("overall") or {}))
+    lines.append("")
+    for name, per_source in (report.get("by_source") or {}).items():
+        lines += _source_section(name, per_source)
+    runs = (loso or {}).get("runs") or []
+    if runs:
+        lines += ["### Leave-one-source-out (a source the model never saw)", "",
+                  f"{(loso or {}).get('description', '')}.", "",
+                  "| held out | trained on | n | AUC |", "|---|---|---|---|"]
+        lines += [f"| {r['held_out']} | {', '.join(r['trained_on'])} | {r.get('n_images')} | "
+                  f"{_with_ci({'auc': r.get('auc'), 'ci': {'auc': r.get('auc_ci')}}, 'auc')} |" for r in runs]
+        lines.append("")
     return "\n".join(lines + [""])
 
 

@@ -317,7 +317,10 @@ def render_card_markdown(card: ModelCard | dict[str, Any], sha256: str | None = 
         lines += [f"| {part} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |"
                   for part, row in per_part.items()]
         lines += [""]
-    lines += ["## Thresholds (fitted on the validation split)", ""]
+    lines += ["## Calibration and thresholds (fitted on the validation split)", "",
+              f"Probabilities are calibrated by temperature scaling: P(abnormal) = sigmoid(logit / "
+              f"{card.temperature:.3f}). A body part or region gets its own threshold only where the valid split "
+              "had enough normal and abnormal images of it; every other one uses the `default` threshold.", ""]
     lines += _table(sorted(card.thresholds.items()), ("body part", "P(abnormal) threshold")) + [""]
     lines += ["## Notes and limitations", ""]
     if card.notes:
