@@ -41,6 +41,7 @@ __all__ = [
     "close_linked_study",
     "device_name",
     "evaluation_results",
+    "find_linked_study",
     "get_predictor",
     "linked_study",
     "load_report_cached",
@@ -313,6 +314,12 @@ def linked_study() -> LinkedStudy:
     data = params.get("data") or (str(default_data_root()) if default_data_root() else None)
     if not data:
         return LinkedStudy(error="The link names a study but no data folder.")
+    return find_linked_study(data, study_id)
+
+
+def find_linked_study(data: str, study_id: str) -> LinkedStudy:
+    """The study `study_id` of the data at `data` (inside an allowed root), its views outside the root
+    dropped and named in the error (the browser's and the worklist's way into a study)."""
     roots = allowed_roots()
     if not is_within(data, roots):
         return LinkedStudy(error=f"{data} is not inside a configured data folder; open it from the "
