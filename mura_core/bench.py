@@ -168,7 +168,8 @@ class BenchConfig:
     quick: bool = False
     profile: bool = False
     """Also record torch.profiler's top operators of one study request (default heat map)."""
-    score_batch: int = 32
+    score_batch: int | None = None
+    """Views per forward of the score scenario (None: the scorer's default, 256 on CUDA, 32 on the CPU)."""
     score_workers: int | None = None
     """Decoding processes of the score scenario (None: `evaluate.default_workers()`)."""
     first_page: bool = False
@@ -651,14 +652,16 @@ def measure_score(subject: Subject, config: BenchConfig) -> dict[str, Any]:
                 (Path(tmp) / f"s{k}").mkdir()
                 (Path(tmp) / f"s{k}" / view.name).write_bytes(view.read_bytes())
             data, split, source = tmp, None, "generated images (no data found)"
-        workers = config.score_workers if config.score_workers is not None else default_workers()
+        workers = config.score_workers
         start = time.perf_counter()
         worklist = score_worklist(data, predictor=predictor, split=split, limit=config.evaluate_limit,
                                   batch_size=config.score_batch, workers=workers, progress=False)
         seconds = time.perf_counter() - start
     images = sum(r.scored for r in worklist.rows)
     return {"score_images_per_s": images / seconds if seconds > 0 else 0.0, "score_images": images,
-            "score_studies": len(worklist.rows), "score_s": seconds, "score_workers": workers,
+            "score_studies": len(worklist.rows), "score_s": seconds,
+            "score_workers": workers if workers is not None else ("auto (cores - 1)" if config.device.startswith(
+                "cuda") else default_workers()),
             "score_batch": config.score_batch, "score_source": source, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -926,7 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-page", action="store_true",
                    help="also time `streamlit run app.py` to a usable Home page (headless Chromium)")
     p.add_argument("--score-workers", type=int, help="decoding processes of the score scenario")
-    p.add_argument("--score-batch", type=int, help="batch size of the score scenario (default 32)")
+    p.add_argument("--score-batch", type=int, help="batch size of the score scenario (default: 256 on CUDA, 32 on the CPU)")
     p.add_argument("--in-process", action="store_true",
                    help="run scenarios in this process (faster; peak memory is then cumulative)")
     p.add_argument("--worker", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)

@@ -285,12 +285,15 @@ def _study_row(study: Study, probs: dict[int, float], errors: dict[int, str], wa
         label=label_name(study.label), source=study.source, model=predictor.name, sha256=predictor.sha256 or "")
 
 
-def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int = 32, workers: int | None = None,
+def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int | None = None,
+                  workers: int | None = None,
                   scope: ScopeCheck | None = None, amp: bool | None = None, channels_last: bool | None = None,
                   on_images: Callable[[int], None] | None = None) -> Iterator[list[WorklistRow]]:
     """Score studies in batches of views; yields the studies finished by each batch (input order).
 
     Args:
+        batch_size: views per forward (None: 256 on CUDA, 32 elsewhere).
+        workers: decoding processes (None: every core but one on CUDA, `evaluate.default_workers()` elsewhere).
         amp, channels_last: bf16 autocast / channels-last memory (None: on for CUDA, off elsewhere).
         on_images: called with the number of views each batch handled (progress).
     """
@@ -307,7 +310,10 @@ def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int =
     configs = predictor.input_configs
     owner: list[tuple[int, int]] = [(s, v) for s, study in enumerate(studies) for v in range(len(study.views))]
     views = [studies[s].views[v] for s, v in owner]
-    workers = default_workers() if workers is None else max(0, int(workers))
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 2) - 1) if cuda else default_workers()
+    workers = max(0, int(workers))
+    batch_size = (256 if cuda else 32) if batch_size is None else batch_size
     loader = DataLoader(_ViewDataset(views, configs, scope), batch_size=max(1, int(batch_size)), shuffle=False,
                         num_workers=workers, collate_fn=_collate, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
@@ -404,7 +410,7 @@ def score_worklist(
     out: str | Path | None = None,
     split: str | None = None,
     limit: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     scope: ScopeCheck | None = None,
     amp: bool | None = None,
