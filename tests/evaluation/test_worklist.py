@@ -141,3 +141,16 @@ def test_dicom_folder_grouped_by_study_and_no_identifying_tags(tmp_path: Path, p
     assert all(r.body_part == "WRIST" and r.threshold == pytest.approx(0.1) for r in result.rows)
     text = (tmp_path / "o" / "worklist.csv").read_text()
     assert "SECRET" not in text and "1.2.826" not in text and "19000101" not in text
+
+
+def test_a_pipe_in_a_plain_folder_is_refused_by_name(tmp_path: Path, predictor: Predictor):
+    import os
+
+    write_png(tmp_path / "in" / "s1" / "good.png", grey_image(40, 40))
+    os.mkfifo(tmp_path / "in" / "s1" / "pipe.png")
+    (tmp_path / "in" / "s2").mkdir()
+    (tmp_path / "in" / "s2" / "empty.jpg").write_bytes(b"")
+    result = wl.score_worklist(tmp_path / "in", predictor=predictor, workers=1, progress=False)
+    rows = {r.study: r for r in result.rows}
+    assert rows["s1"].scored == 1 and "pipe.png: not a regular file" in rows["s1"].unreadable
+    assert rows["s2"].decision == "not scored" and "s2/empty.jpg: empty file" in rows["s2"].unreadable
