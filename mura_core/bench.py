@@ -669,14 +669,16 @@ def measure_score(subject: Subject, config: BenchConfig) -> dict[str, Any]:
 # scenario 7: `streamlit run app.py` to a usable first page
 # --------------------------------------------------------------------------------------------------
 
-FIRST_PAGE_TEXT = "not a diagnostic device"
-"""Text of the Home page that marks it usable (drawn after the page's model facts)."""
+FIRST_PAINT_TEXT = "not a diagnostic device"
+"""Home's disclaimer, drawn first (`first_paint_s`)."""
+FIRST_PAGE_TEXT = "Where to go"
+"""Home's last section, drawn after the model facts: the page is complete and usable (`first_page_s`)."""
 
 
 def measure_first_page(config: BenchConfig, timeout: float = 180.0) -> dict[str, Any]:
-    """Seconds from starting ``streamlit run app.py`` to Home showing `FIRST_PAGE_TEXT` in headless
-    Chromium (playwright), and the server process's resident memory then (``app_rss_mb``) and after the
-    study viewer scored a 3-view study (``app_rss_scored_mb``, the app with one model loaded)."""
+    """Seconds from starting ``streamlit run app.py`` to Home's disclaimer (`first_paint_s`) and to its last
+    section (`first_page_s`) in headless Chromium (playwright), and the server's resident memory then
+    (``app_rss_mb``: the app with its default model loaded by Home)."""
     import socket
 
     import psutil
@@ -705,10 +707,12 @@ def measure_first_page(config: BenchConfig, timeout: float = 180.0) -> dict[str,
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise
                     time.sleep(0.05)
+            page.get_by_text(FIRST_PAINT_TEXT).first.wait_for(timeout=timeout * 1000)
+            first_paint = time.perf_counter() - start
             page.get_by_text(FIRST_PAGE_TEXT).first.wait_for(timeout=timeout * 1000)
             first_page = time.perf_counter() - start
             rss = psutil.Process(proc.pid).memory_info().rss / 2**20
-            return {"first_page_s": first_page, "app_rss_mb": rss}
+            return {"first_paint_s": first_paint, "first_page_s": first_page, "app_rss_mb": rss}
         finally:
             browser.close()
             proc.terminate()
@@ -814,7 +818,7 @@ def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) ->
         primary.update(measure_first_page(config))
     out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
     out.update({key: primary[key] for key in ("overhead_ratio", "bare_forward_s", "score_images_per_s",
-                                               "first_page_s", "app_rss_mb") if key in primary})
+                                               "first_page_s", "first_paint_s", "app_rss_mb") if key in primary})
     out.update({
         "model": primary["label"], "random_weights": primary["random_weights"],
         "image_size": primary["image_size"], "default_cam": primary["default_cam"],
@@ -864,6 +868,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("evaluate throughput", lambda r: r.get("evaluate_images_per_s"), " img/s"),
         ("**score throughput** (worklist)", lambda r: r.get("score_images_per_s"), " img/s"),
         ("**first page** (streamlit run -> usable Home)", lambda r: r.get("first_page_s"), " s"),
+        ("first paint (Home's disclaimer)", lambda r: r.get("first_paint_s"), " s"),
         ("app server RSS at first page", lambda r: r.get("app_rss_mb"), " MB"),
         ("**peak RSS, app with one model**", lambda r: r.get("peak_rss_mb"), " MB"),
         ("peak RSS, naive process", lambda r: r.get("naive_peak_rss_mb"), " MB"),
