@@ -29,6 +29,6 @@ PAGES = (
 current = navigation.navigation(PAGES)
 session.keep_widget_state()
 navigation.sidebar_links(PAGES)
-services.model_selector()
+services.warm_up(services.model_selector())  # the model loads in the background; pages draw at once
 st.sidebar.caption("Second-reader and teaching aid — not a diagnostic device.")
 current.run()
