@@ -18,6 +18,8 @@ PAGES = (
                        "upload PNG, JPEG or DICOM views and score them"),
     navigation.AppPage("pages/dataset_browser.py", "Dataset browser", ":material/photo_library:",
                        "browse a MURA folder or manifest, find false negatives and false positives"),
+    navigation.AppPage("pages/worklist.py", "Worklist", ":material/format_list_numbered:",
+                       "score a folder of studies, most suspicious first; filter, open, download"),
     navigation.AppPage("pages/validation.py", "Validation", ":material/monitoring:",
                        "how far to trust the model, per body part"),
     navigation.AppPage("pages/model_card.py", "Model card", ":material/description:",
@@ -27,6 +29,6 @@ PAGES = (
 current = navigation.navigation(PAGES)
 session.keep_widget_state()
 navigation.sidebar_links(PAGES)
-services.model_selector()
+services.warm_up(services.model_selector())  # the model loads in the background; pages draw at once
 st.sidebar.caption("Second-reader and teaching aid — not a diagnostic device.")
 current.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
+from mura_core.app.report import report_file_name, study_report_html
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
@@ -108,6 +109,11 @@ st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
            "A second-reader and teaching aid, not a diagnosis.")
 st.dataframe(results_table(result), hide_index=True, width="stretch")
+report_facts = dict(model_name=model, card=services.model_card(model), sha256=services.get_predictor(model).sha256,
+                    study_id=study.study_id, cam=cam, overlay_fn=services.overlay_fn(), colormap=colormap, alpha=alpha)
+st.download_button("Download study report (HTML, printable)", key="viewer_report", mime="text/html",
+                   file_name=report_file_name(study.study_id), icon=":material/download:", on_click="ignore",
+                   data=lambda: study_report_html(result, **report_facts))  # built only when clicked
 
 # ---- views -------------------------------------------------------------------------------------
 boxes_by_name = {v.name: v.boxes for v in study.views}

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,12 @@ __all__ = [
     "close_linked_study",
     "device_name",
     "evaluation_results",
+    "find_linked_study",
     "get_predictor",
     "linked_study",
     "load_report_cached",
     "loaded_models",
+    "model_ready",
     "model_card",
     "model_report",
     "model_selector",
@@ -62,6 +65,7 @@ __all__ = [
     "selected_model",
     "study_from_files",
     "view_thumbnail",
+    "warm_up",
 ]
 
 MODEL_KEY = "model_name"
@@ -154,6 +158,45 @@ def _build_predictor(name: str, folder: str) -> Any:
 
     loaded = _load_models(name, folder)
     return Predictor(loaded if len(loaded) > 1 else loaded[0], device=pick_device("auto"), name=name)
+
+
+_WARM: dict[str, threading.Event] = {}
+_WARM_LOCK = threading.Lock()
+
+
+def _warm_key(name: str) -> str:
+    return f"{weights_folder()}::{name}"
+
+
+def warm_up(name: str | None) -> None:
+    """Load the model (and torch) in a background thread, once per server process, so that no page waits
+    for it before drawing; a page that needs the model then waits only for what is left of the load."""
+    if name is None:
+        return
+    folder, key = str(weights_folder()), _warm_key(name)
+    with _WARM_LOCK:
+        if key in _WARM:
+            return
+        done = _WARM[key] = threading.Event()
+
+    def load() -> None:
+        try:
+            _build_predictor(name, folder)
+            device_name()
+        except Exception:  # the page that needs the model reports the error when it loads it itself
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=load, name=f"warm-up {name}", daemon=True).start()
+
+
+def model_ready(name: str | None, wait: float = 0.0) -> bool:
+    """True once the model's warm-up has finished (waiting up to `wait` seconds); starts it if needed."""
+    if name is None:
+        return True
+    warm_up(name)
+    return _WARM[_warm_key(name)].wait(max(0.0, wait))
 
 
 @st.cache_resource(show_spinner=False)
@@ -319,6 +362,12 @@ def linked_study() -> LinkedStudy:
     data = params.get("data") or (str(default_data_root()) if default_data_root() else None)
     if not data:
         return LinkedStudy(error="The link names a study but no data folder.")
+    return find_linked_study(data, study_id)
+
+
+def find_linked_study(data: str, study_id: str) -> LinkedStudy:
+    """The study `study_id` of the data at `data` (inside an allowed root), its views outside the root
+    dropped and named in the error (the browser's and the worklist's way into a study)."""
     roots = allowed_roots()
     if not is_within(data, roots):
         return LinkedStudy(error=f"{data} is not inside a configured data folder; open it from the "

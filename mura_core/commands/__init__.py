@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "index": ("mura_core.commands.index", "count studies and images in a MURA folder, a manifest or a FracAtlas folder"),
     "predict": ("mura_core.commands.predict", "score one study (one or more image files) and write heat maps"),
     "evaluate": ("mura_core.commands.evaluate", "score a data split and write metrics per body part"),
+    "score": ("mura_core.commands.score", "score every study of a folder into a worklist.csv, most suspicious first"),
     "bench": ("mura_core.commands.bench", "measure latency, throughput and memory (fresh subprocess per scenario)"),
     "card": ("mura_core.commands.card", "rewrite weights/NAME.md from the checkpoint, its report and loso.json"),
     "loso": ("mura_core.commands.loso", "leave-one-source-out: train without each source, then score it"),

@@ -1,5 +1,6 @@
 """Open any supported data set through ONE table of readers: a MURA-v1.1 folder (or its parent), a
-manifest CSV (or its folder), or a FracAtlas folder as published (or its dataset.csv).
+manifest CSV (or its folder), a FracAtlas folder as published (or its dataset.csv), or a plain folder
+of DICOM / PNG / JPEG files.
 
 Each reader is a module with ``detect(path) -> bool`` and ``read(path, split) -> DatasetIndex``; `READERS`
 lists them in the order they are tried. Adding a source = one module in `mura_core.data` + one row here.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mura_core.data import fracatlas, manifest, mura_folder
+from mura_core.data import fracatlas, folder, manifest, mura_folder
 from mura_core.data.manifest import MANIFEST_NAME
 from mura_core.data.mura_folder import DatasetError
 from mura_core.data.studies import DatasetIndex
@@ -36,8 +37,10 @@ READERS: list[Reader] = [
     Reader("fracatlas", fracatlas.detect, fracatlas.read),
     Reader("manifest", manifest.detect, manifest.read),
     Reader("mura", mura_folder.detect, mura_folder.read),
+    Reader("folder", folder.detect, folder.read),
 ]
-"""Every data source, tried in order (FracAtlas's dataset.csv before the generic manifest CSV)."""
+"""Every data source, tried in order (FracAtlas's dataset.csv before the generic manifest CSV; a plain
+image folder last, grouped into studies by DICOM StudyInstanceUID or by folder)."""
 
 
 def _reader_for(path: Path) -> Reader:
@@ -51,7 +54,8 @@ def _reader_for(path: Path) -> Reader:
     raise DatasetError(
         f"{path}: not a data set: expected a MURA-v1.1 folder (or its parent) with train/ or valid/ "
         f"holding XR_* folders or *_image_paths.csv, a folder with {MANIFEST_NAME}, or a FracAtlas folder "
-        f"({fracatlas.CSV_NAME} with images/Fractured and images/Non_fractured)")
+        f"({fracatlas.CSV_NAME} with images/Fractured and images/Non_fractured), or a folder of PNG, JPEG or "
+        f"DICOM files")
 
 
 def detect_kind(path: Path | str) -> str:

@@ -53,7 +53,8 @@ def test_fresh_server_deep_link_shows_only_the_apps_navigation(browser, e2e_weig
         for state in seen:
             assert state["legacy"] is None, f"Streamlit's page list appeared: {state['legacy']!r}"
             assert not [text for text in state["links"] if text in LEGACY_NAMES], state["links"]
-        assert seen[-1]["links"][:5] == ["Home", "Study viewer", "Dataset browser", "Validation", "Model card"]
+        assert seen[-1]["links"][:6] == ["Home", "Study viewer", "Dataset browser", "Worklist", "Validation",
+                                         "Model card"]
 
         # widgets keep their values across pages without Streamlit's widget-state warning
         page.get_by_role("link", name="Study viewer").first.click()

@@ -1,0 +1,73 @@
+"""``python -m mura_core score PATH --out DIR``: score every study into DIR/worklist.csv, most suspicious first.
+
+Also under ``torchrun --nnodes N --nproc_per_node M -m mura_core score ...``: each rank scores its shard
+and rank 0 writes the one merged worklist. Exit code: 0 when at least one study was scored (or all were
+already done), 1 when nothing could be scored, 2 for usage errors (unreadable data, weights, device).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "cli_main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `score` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mura_core score",
+        description="Score every study of a MURA folder, manifest, FracAtlas folder or folder of DICOM/PNG/JPEG "
+                    "files into DIR/worklist.csv, most suspicious first (resumable).")
+    parser.add_argument("data", type=Path, metavar="PATH", help="data folder or manifest")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (worklist.csv, partial/)")
+    parser.add_argument("--split", default=None, help="one split only (default: every study)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N studies")
+    parser.add_argument("--weights", default=None, help="indexed weights/ensemble name or checkpoint path")
+    parser.add_argument("--weights-dir", type=Path, default=None,
+                        help="folder holding index.json (default: $MURA_WEIGHTS_DIR, else the repo's weights/)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--batch-size", type=int, default=None, help="views per forward (default: 256 on CUDA, "
+                                                                     "32 on the CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: every core but one on CUDA; 1 on a 2-core CPU)")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--restart", action="store_true", help="ignore partial results of an earlier run")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m mura_core score``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from mura_core.data.sources import DatasetError
+    from mura_core.evaluation.worklist import distributed_context, score_worklist
+    from mura_core.models.checkpoints import CheckpointError
+    from mura_core.models.devices import DeviceError
+
+    try:
+        context = distributed_context(args.device)
+        worklist = score_worklist(
+            args.data, out=args.out, split=args.split, limit=args.limit, weights=args.weights,
+            weights_dir=args.weights_dir, device=args.device, batch_size=args.batch_size, workers=args.workers,
+            amp=False if args.no_amp else None, restart=args.restart, progress=not args.no_progress,
+            context=context)
+    except (CheckpointError, DatasetError, DeviceError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if context.rank != 0:
+        return 0
+    rows = worklist.rows
+    scored = sum(r.probability is not None for r in rows)
+    unreadable = sum(bool(r.unreadable) for r in rows)
+    for problem in worklist.problems[:20]:
+        print(f"data problem: {problem}", file=sys.stderr)
+    print(f"{len(rows)} studies ({worklist.scored_now} scored now, {worklist.resumed} from an earlier run); "
+          f"{sum(r.decision == 'abnormal' for r in rows)} abnormal, {len(rows) - scored} not scored, "
+          f"{unreadable} with unreadable files")
+    print(f"wrote {worklist.path}")
+    return 0 if scored > 0 or not rows else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(cli_main())
