@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
+from mura_core.app.view_controls import view_window_controls
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
@@ -17,7 +18,7 @@ st.title("Study viewer")
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
 session.drop_invalid_choice("viewer_cam", methods)
-session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_window_on",
+session.keep("viewer_target", "viewer_tta", "viewer_part",
              defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
                        "viewer_zoom": 1.0})
 with st.sidebar:
@@ -39,14 +40,6 @@ with st.sidebar:
                                format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
                                help="Chooses the decision threshold. Automatic: the dataset's body part, "
                                     "else the DICOM BodyPartExamined tag, else the default threshold.")
-    window = None
-    if st.checkbox("Set DICOM window/level", key="viewer_window_on",
-                   help="Overrides the window stored in DICOM files; PNG/JPEG are unaffected."):
-        start = session.dicom_window_default()
-        session.keep(defaults={"viewer_wc": start[0], "viewer_ww": start[1]})
-        centre = st.number_input("Window centre (level)", step=50.0, key="viewer_wc")
-        width = st.number_input("Window width", min_value=1.0, step=50.0, key="viewer_ww")
-        window = (float(centre), float(width))
 
 # ---- the study ---------------------------------------------------------------------------------
 linked = services.linked_study()
@@ -83,12 +76,10 @@ if model is None:
 
 try:
     with st.spinner("Scoring the study…"):
-        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta, window=window)
+        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta)
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
-if window is None:
-    session.remember_dicom_window(result)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")
@@ -115,6 +106,7 @@ for i, view in enumerate(result.views):
                  "The other views were scored without it.", icon=":material/broken_image:")
         continue
     boxes = boxes_by_name.get(view.name, ())
+    view = services.windowed_view(study, view, view_window_controls(i, view))
     image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
                                  boxes=boxes)
 

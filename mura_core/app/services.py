@@ -492,3 +492,24 @@ def card_markdown(name: str) -> str:
                "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
     return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)
                                  for m in loaded_models(name))
+
+
+def windowed_view(study: Study, view: Any, window: tuple[float, float] | None) -> Any:
+    """`view` (a scored ViewResult) with its image re-decoded under a DICOM display `window`.
+
+    Display only: the probability and heat map stay those the model gave on the file's own window, so
+    changing window/level never changes a score. Returns `view` unchanged without a window, for
+    non-DICOM views, or when the file cannot be read again.
+    """
+    from mura_core.imaging.decode import decode_view
+
+    if window is None or getattr(getattr(view, "meta", None), "format", None) != "DICOM":
+        return view
+    source = next((v for v in study.views if v.name == view.name), None)
+    if source is None:
+        return view
+    try:
+        shown = decode_view(source, window=window)
+    except DecodeError:
+        return view
+    return dataclasses.replace(view, image=shown.pixels, meta=shown.meta)

@@ -1,0 +1,39 @@
+"""Per-view controls of the study viewer: each DICOM view's own window/level (display only)."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import streamlit as st
+
+__all__ = ["view_key", "view_window_controls"]
+
+FULL_12_BIT = (2048.0, 4096.0)
+
+
+def view_key(prefix: str, index: int, name: str) -> str:
+    """A widget key unique to one view of the current study (index and a short hash of its name)."""
+    digest = hashlib.sha256(str(name).encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{prefix}_{index}_{digest}"
+
+
+def view_window_controls(index: int, view: Any) -> tuple[float, float] | None:
+    """Window/level inputs for one DICOM view, starting at its own window; None when not set or not DICOM.
+
+    The window changes what is shown only: the score and heat map come from the file's own window.
+    """
+    meta = getattr(view, "meta", None)
+    if getattr(meta, "format", None) != "DICOM":
+        return None
+    own = tuple(meta.window) if meta.window else FULL_12_BIT
+    on_key = view_key("viewer_window_on", index, view.name)
+    with st.expander("Window/level (display only)", expanded=bool(st.session_state.get(on_key))):
+        if not st.checkbox("Set window/level for this view", key=on_key,
+                           help="Changes the display only; the model always scores the file's own window."):
+            return None
+        wc_key, ww_key = view_key("viewer_wc", index, view.name), view_key("viewer_ww", index, view.name)
+        st.session_state.setdefault(wc_key, float(own[0]))
+        st.session_state.setdefault(ww_key, float(own[1]))
+        centre = st.number_input("Window centre (level)", step=50.0, key=wc_key)
+        width = st.number_input("Window width", min_value=1.0, step=50.0, key=ww_key)
+    return float(centre), float(width)
