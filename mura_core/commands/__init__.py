@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mura_core.commands.predict", "score one study (one or more image files) and write heat maps"),
     "evaluate": ("mura_core.commands.evaluate", "score a data split and write metrics per body part"),
     "bench": ("mura_core.commands.bench", "measure latency, throughput and memory (fresh subprocess per scenario)"),
+    "fit-heads": ("mura_core.commands.fit_heads", "fit the scope check and body-part suggestion heads of a model"),
     "train": ("mura_core.commands.train", "train a model on one or more sources and write a checkpoint with its card"),
 }
 
