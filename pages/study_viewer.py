@@ -4,11 +4,12 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
-from mura_core.app.view_controls import view_window_controls
+from mura_core.app.view_controls import kept_views, part_option_label, scope_notice, view_window_controls
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
 from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
+from mura_core.explain.triage import hide_excluded_scores, restrict_study
 
 navigation.require_app_shell()
 
@@ -37,9 +38,10 @@ with st.sidebar:
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
     part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
-                               format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
+                               format_func=lambda v: part_option_label(v, st.session_state.get("viewer_suggestion")),
                                help="Chooses the decision threshold. Automatic: the dataset's body part, "
-                                    "else the DICOM BodyPartExamined tag, else the default threshold.")
+                                    "else the DICOM BodyPartExamined tag, else the part suggested from the "
+                                    "images, else the default threshold.")
 
 # ---- the study ---------------------------------------------------------------------------------
 linked = services.linked_study()
@@ -80,6 +82,15 @@ try:
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
+triage = services.triage_study(model, study, result)
+if triage.suggestion != st.session_state.get("viewer_suggestion"):
+    st.session_state["viewer_suggestion"] = triage.suggestion  # shown in the sidebar's body-part picker
+    st.rerun()
+suggested = triage.suggestion.part if triage.suggestion is not None and triage.suggestion.is_mura_part else None
+keep = kept_views(result)
+result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,
+                        body_part=suggested if part_choice == "auto" and result.body_part == "UNKNOWN" else None)
+result = hide_excluded_scores(result, triage, keep)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")
@@ -88,8 +99,8 @@ c1.metric("Study probability (abnormal)", format_probability(result.probability)
 c2.metric("Decision", decision_label(result))
 c3.metric("Threshold", format_probability(result.threshold))
 c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
-          help="From the data or the DICOM tag; choose it in the sidebar when the files do not say. "
-               "It picks the decision threshold.")
+          help="From the data, the DICOM tag or the images (suggested; see the sidebar); choose it in the sidebar to "
+               "override. It picks the decision threshold.")
 st.markdown(study_summary(result))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
@@ -107,6 +118,10 @@ for i, view in enumerate(result.views):
         continue
     boxes = boxes_by_name.get(view.name, ())
     view = services.windowed_view(study, view, view_window_controls(i, view))
+    if not scope_notice(i, view) or view.probability is None:
+        st.image(to_png_bytes(view_panels(view, services.overlay_fn(), zoom=1.0, boxes=boxes)[0]), width="stretch",
+                 caption=f"{view.name} — image (not scored: outside the model's scope)")
+        continue
     image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
                                  boxes=boxes)
 

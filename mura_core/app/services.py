@@ -513,3 +513,21 @@ def windowed_view(study: Study, view: Any, window: tuple[float, float] | None) -
     except DecodeError:
         return view
     return dataclasses.replace(view, image=shown.pixels, meta=shown.meta)
+
+
+def triage_study(model: str, study: Study, result: Any) -> Any:
+    """The scope check of every view and the body-part suggestion of a scored study (cached with it).
+
+    One feature pass over what the model saw (`explain.triage`); a model without fitted heads gets only
+    what the DICOM tags say.
+    """
+    from mura_core.explain.triage import triage_study as run_triage
+
+    study, datas = _with_bytes(study)
+    key = ("triage", score_key(f"{weights_folder()}::{model}", datas, [v.name for v in study.views], cam=None))
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is None:
+        hit = run_triage(get_predictor(model), result)
+        cache.put(key, hit)
+    return hit

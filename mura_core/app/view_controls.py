@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-__all__ = ["view_key", "view_window_controls"]
+__all__ = ["kept_views", "part_option_label", "scope_notice", "view_key", "view_window_controls"]
 
 FULL_12_BIT = (2048.0, 4096.0)
 
@@ -37,3 +37,32 @@ def view_window_controls(index: int, view: Any) -> tuple[float, float] | None:
         centre = st.number_input("Window centre (level)", step=50.0, key=wc_key)
         width = st.number_input("Window width", min_value=1.0, step=50.0, key=ww_key)
     return float(centre), float(width)
+
+
+def kept_views(result: Any) -> set[int]:
+    """Indices of out-of-scope views the reader chose to score and keep in the study (their checkboxes)."""
+    return {i for i, view in enumerate(result.views)
+            if st.session_state.get(view_key("viewer_keep", i, view.name))}
+
+
+def scope_notice(index: int, view: Any) -> bool:
+    """Warn on an out-of-scope view and offer to score it; True when its score may be shown."""
+    from mura_core.explain.scope import warning_text
+
+    scope = getattr(view, "scope", None)
+    if scope is None or scope.in_scope:
+        return True
+    st.warning(f"{warning_text(scope)} Its score is hidden and left out of the study probability.",
+               icon=":material/block:")
+    return st.checkbox("Score this view anyway and keep it in the study", key=view_key("viewer_keep", index, view.name),
+                       help=f"Scope score {scope.score:.2f} (1 or more is out of scope).")
+
+
+def part_option_label(value: str, suggestion: Any) -> str:
+    """The body-part picker's text for one option; 'auto' shows the suggestion when there is one."""
+    if value != "auto":
+        return value.title()
+    if suggestion is None:
+        return "Automatic (data or DICOM tag)"
+    where = "DICOM tag" if suggestion.source == "dicom" else "image"
+    return f"Suggested: {suggestion.part.replace('_', ' ').title()} ({suggestion.confidence:.0%}, {where})"

@@ -18,7 +18,7 @@ from mura_core.explain.features import predictor_features
 from mura_core.explain.heads import heads_for
 from mura_core.explain.scope import ScopeResult, check_scope
 
-__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views"]
+__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views", "hide_excluded_scores"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,12 @@ def restrict_study(result: Any, triage: Triage, thresholds: dict[str, float], *,
         result, views=views, probability=probability, threshold=threshold, body_part=part_name,
         abnormal=None if probability is None else bool(probability >= threshold),
         driving_view=max(used, key=lambda i: views[i].probability) if used else None)
+
+
+def hide_excluded_scores(result: Any, triage: Triage, keep: Collection[int] = ()) -> Any:
+    """A copy of `result` where out-of-scope views the reader did not keep have no probability or heat map
+    (the viewer scores them only on request)."""
+    dropped = set(excluded_views(triage, keep))
+    views = [dataclasses.replace(v, probability=None, heatmap=None, peak=None) if i in dropped else v
+             for i, v in enumerate(result.views)]
+    return dataclasses.replace(result, views=views)
