@@ -4,7 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
-from mura_core.app.view_controls import kept_views, part_option_label, scope_notice, view_window_controls
+from mura_core.app.view_controls import (kept_views, part_option_label, scope_notice, scope_summary,
+                                         view_window_controls)
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
@@ -101,7 +102,7 @@ c3.metric("Threshold", format_probability(result.threshold))
 c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
           help="From the data, the DICOM tag or the images (suggested; see the sidebar); choose it in the sidebar to "
                "override. It picks the decision threshold.")
-st.markdown(study_summary(result))
+st.markdown(scope_summary(result, study_summary(result)))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
            "A second-reader and teaching aid, not a diagnosis.")

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-__all__ = ["kept_views", "part_option_label", "scope_notice", "view_key", "view_window_controls"]
+__all__ = ["kept_views", "part_option_label", "scope_notice", "scope_summary", "view_key", "view_window_controls"]
 
 FULL_12_BIT = (2048.0, 4096.0)
 
@@ -66,3 +66,16 @@ def part_option_label(value: str, suggestion: Any) -> str:
         return "Automatic (data or DICOM tag)"
     where = "DICOM tag" if suggestion.source == "dicom" else "image"
     return f"Suggested: {suggestion.part.replace('_', ' ').title()} ({suggestion.confidence:.0%}, {where})"
+
+
+def scope_summary(result: Any, summary: str) -> str:
+    """`summary` (the study's sentence) with a note on views left out as out of scope."""
+    left_out = [v for v in result.views
+                if getattr(v, "scope", None) is not None and not v.scope.in_scope and v.probability is None]
+    if not left_out:
+        return summary
+    if result.probability is None:
+        return ("Every readable view is outside the model's scope, so there is no study result; tick "
+                "*Score this view anyway* under a view to include it.")
+    n = len(left_out)
+    return f"{summary} {n} view{'s' if n != 1 else ''} left out as outside the model's scope."
