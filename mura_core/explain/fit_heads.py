@@ -285,6 +285,9 @@ def write_outputs(result: FitResult, checkpoint: Path, out: Path, *, card_name: 
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path = out / f"{stem}.heads.md"
     md_path.write_text(report_markdown(result.report, card_name))
+    card = out / f"{stem}.md"
+    if card.is_file():
+        update_card_section(card, md_path.read_text())
     index = out / "index.json"
     if index.is_file():
         data = json.loads(index.read_text())
@@ -293,3 +296,18 @@ def write_outputs(result: FitResult, checkpoint: Path, out: Path, *, card_name: 
                 entry["heads"], entry["heads_sha256"] = target.name, sha
         index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return {"heads": target, "report": json_path, "markdown": md_path}
+
+
+CARD_START, CARD_END = "<!-- fit-heads:start -->", "<!-- fit-heads:end -->"
+
+
+def update_card_section(card: Path, section: str) -> None:
+    """Put `section` between the fit-heads markers of a model card (appended the first time)."""
+    text = card.read_text()
+    block = f"{CARD_START}\n{section.rstrip()}\n{CARD_END}"
+    if CARD_START in text and CARD_END in text:
+        head, rest = text.split(CARD_START, 1)
+        text = head + block + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    card.write_text(text)

@@ -28,6 +28,13 @@ Decisions (documented once, here):
   `window=(center, width)` if given, else the file's first VOI window, else its VOI LUT sequence, else
   the full range of the values), then MONOCHROME1 is inverted so that bone is always bright. Only the
   first frame of a multi-frame file is returned. Colour DICOM is turned into grey by luminance.
+  A caller's window is for display: `Predictor` always scores the file's own window.
+- DICOM pixel decoders: pydicom's plugins first (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE), then GDCM
+  (PyPI python-gdcm) directly, in memory, for what they refuse: real 12-bit JPEG Extended CR files
+  (1.2.840.10008.1.2.4.51, e.g. WG04 RG2_JPLY) have a scan header libjpeg rejects and pydicom's own GDCM
+  plugin refuses that syntax. GDCM prints libjpeg's notes about such files on stderr (no tag values).
+  When every decoder fails the message names the transfer syntax and each decoder tried (or missing)
+  instead of calling a valid file corrupt.
 - Identifying DICOM attributes (names, ids, dates, institution...) are never read into `ImageMeta`
   and never put in messages; pydicom's warnings (which can echo tag values) are silenced while decoding.
 
