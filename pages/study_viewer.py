@@ -4,8 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services, session
-from mura_core.app.view_controls import (kept_views, part_option_label, scope_notice, scope_summary,
-                                         view_window_controls)
+from mura_core.app.view_controls import (kept_views, prefill_body_part, remember_suggestion, scope_notice,
+                                         scope_summary, suggestion_caption, view_window_controls)
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
@@ -38,8 +38,9 @@ with st.sidebar:
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
+    prefill_body_part()
     part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
-                               format_func=lambda v: part_option_label(v, st.session_state.get("viewer_suggestion")),
+                               format_func=lambda v: "Automatic (data or DICOM tag)" if v == "auto" else v.title(),
                                help="Chooses the decision threshold. Automatic: the dataset's body part, "
                                     "else the DICOM BodyPartExamined tag, else the part suggested from the "
                                     "images, else the default threshold.")
@@ -84,9 +85,10 @@ except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
 triage = services.triage_study(model, study, result)
-if triage.suggestion != st.session_state.get("viewer_suggestion"):
-    st.session_state["viewer_suggestion"] = triage.suggestion  # shown in the sidebar's body-part picker
-    st.rerun()
+if remember_suggestion(triage.suggestion):
+    st.rerun()  # the sidebar's body-part picker (drawn above) shows the suggestion
+if suggestion_caption():
+    st.sidebar.caption(suggestion_caption())
 suggested = triage.suggestion.part if triage.suggestion is not None and triage.suggestion.is_mura_part else None
 keep = kept_views(result)
 result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,

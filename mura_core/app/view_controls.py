@@ -6,7 +6,8 @@ from typing import Any
 
 import streamlit as st
 
-__all__ = ["kept_views", "part_option_label", "scope_notice", "scope_summary", "view_key", "view_window_controls"]
+__all__ = ["kept_views", "prefill_body_part", "remember_suggestion", "scope_notice", "scope_summary",
+           "suggestion_caption", "view_key", "view_window_controls"]
 
 FULL_12_BIT = (2048.0, 4096.0)
 
@@ -58,14 +59,42 @@ def scope_notice(index: int, view: Any) -> bool:
                        help=f"Scope score {scope.score:.2f} (1 or more is out of scope).")
 
 
-def part_option_label(value: str, suggestion: Any) -> str:
-    """The body-part picker's text for one option; 'auto' shows the suggestion when there is one."""
-    if value != "auto":
-        return value.title()
+SUGGESTION_KEY = "viewer_suggestion"
+_PREFILLED_KEY = "viewer_part_prefilled"
+
+
+def remember_suggestion(suggestion: Any) -> bool:
+    """Store the current study's body-part suggestion; True when it changed (the page then reruns so the
+    sidebar picker, drawn before scoring, shows it)."""
+    if st.session_state.get(SUGGESTION_KEY) == suggestion:
+        return False
+    st.session_state[SUGGESTION_KEY] = suggestion
+    return True
+
+
+def prefill_body_part(key: str = "viewer_part") -> None:
+    """Pre-fill the body-part picker with the suggested MURA part unless the reader picked another part.
+
+    A region (FracAtlas's hand/wrist/forearm...) is not one of the picker's parts: the picker stays on
+    automatic and the caption names the region. Call before the picker is drawn.
+    """
+    suggestion = st.session_state.get(SUGGESTION_KEY)
+    current = st.session_state.get(key, "auto")
+    if current not in ("auto", st.session_state.get(_PREFILLED_KEY)):
+        return  # the reader's own choice wins
+    target = suggestion.part if suggestion is not None and suggestion.is_mura_part else "auto"
+    st.session_state[key] = target
+    st.session_state[_PREFILLED_KEY] = None if target == "auto" else target
+
+
+def suggestion_caption() -> str:
+    """The sidebar line naming the suggestion, its confidence and where it came from ('' without one)."""
+    suggestion = st.session_state.get(SUGGESTION_KEY)
     if suggestion is None:
-        return "Automatic (data or DICOM tag)"
-    where = "DICOM tag" if suggestion.source == "dicom" else "image"
-    return f"Suggested: {suggestion.part.replace('_', ' ').title()} ({suggestion.confidence:.0%}, {where})"
+        return ""
+    where = "the DICOM tag BodyPartExamined" if suggestion.source == "dicom" else "the images"
+    name = suggestion.part.replace("_", " ").lower()
+    return f"Suggested from {where}: **{name}** ({suggestion.confidence:.0%}). Pick another part to override."
 
 
 def scope_summary(result: Any, summary: str) -> str:

@@ -55,13 +55,16 @@ def test_suggested_body_part_prefilled_and_overridable(tmp_path, monkeypatch) ->
     at = _upload(at, [("view.png", png_bytes(64, 64))])
     assert not at.exception, at.exception
     picker = at.selectbox(key="viewer_part")
-    assert picker.value == "auto" and picker.options[0].startswith("Suggested: Wrist (")
-    assert "image" in picker.options[0]
+    assert picker.value == "WRIST"                             # pre-filled from the image suggestion
+    assert any("Suggested from the images: **wrist**" in c.value for c in at.sidebar.caption)
     assert _metrics(at)["Body part"] == "WRIST"
     assert _metrics(at)["Threshold"].startswith("45")          # the WRIST threshold of the card
     picker.set_value("ELBOW").run()
     assert not at.exception, at.exception
     assert _metrics(at)["Body part"] == "ELBOW"
+    assert at.selectbox(key="viewer_part").value == "ELBOW"     # the reader's choice is not overwritten
+    at.run()
+    assert at.selectbox(key="viewer_part").value == "ELBOW" and _metrics(at)["Body part"] == "ELBOW"
 
 
 def test_dicom_body_part_tag_wins_over_the_image(tmp_path, monkeypatch) -> None:
@@ -70,5 +73,6 @@ def test_dicom_body_part_tag_wins_over_the_image(tmp_path, monkeypatch) -> None:
     at = _viewer(weights, monkeypatch)
     at = _upload(at, [("elbow.dcm", dicom_bytes(rows=64, cols=64, body_part="ELBOW"))])
     assert not at.exception, at.exception
-    assert at.selectbox(key="viewer_part").options[0].startswith("Suggested: Elbow (100%, DICOM tag)")
+    assert at.selectbox(key="viewer_part").value == "ELBOW"
+    assert any("DICOM tag BodyPartExamined: **elbow** (100%)" in c.value for c in at.sidebar.caption)
     assert _metrics(at)["Body part"] == "ELBOW"
