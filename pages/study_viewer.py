@@ -5,10 +5,13 @@ import streamlit as st
 
 from mura_core.app import navigation, services, session
 from mura_core.app.report import report_file_name, study_report_html
+from mura_core.app.view_controls import (kept_views, prefill_body_part, remember_suggestion, scope_notice,
+                                         scope_summary, suggestion_caption, view_window_controls)
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
 from mura_core.data.studies import BodyPart, label_name
 from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
+from mura_core.explain.triage import hide_excluded_scores, restrict_study
 
 navigation.require_app_shell()
 
@@ -18,7 +21,7 @@ st.title("Study viewer")
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
 session.drop_invalid_choice("viewer_cam", methods)
-session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_window_on",
+session.keep("viewer_target", "viewer_tta", "viewer_part",
              defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
                        "viewer_zoom": 1.0})
 with st.sidebar:
@@ -36,6 +39,7 @@ with st.sidebar:
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
+    prefill_body_part()
     part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known() + BodyPart.regions()
                                                         if p.in_scope],
                                key="viewer_part",
@@ -43,15 +47,9 @@ with st.sidebar:
                                else BodyPart(v).label,
                                help="Picks the body part's own decision threshold where the model has one "
                                     "fitted on enough valid images; otherwise the global threshold applies. "
-                                    "The study summary says which threshold was used and why.")
-    window = None
-    if st.checkbox("Set DICOM window/level", key="viewer_window_on",
-                   help="Overrides the window stored in DICOM files; PNG/JPEG are unaffected."):
-        start = session.dicom_window_default()
-        session.keep(defaults={"viewer_wc": start[0], "viewer_ww": start[1]})
-        centre = st.number_input("Window centre (level)", step=50.0, key="viewer_wc")
-        width = st.number_input("Window width", min_value=1.0, step=50.0, key="viewer_ww")
-        window = (float(centre), float(width))
+                                    "Automatic: the dataset's body part, else the DICOM BodyPartExamined tag, "
+                                    "else the part suggested from the images. The study summary says which "
+                                    "threshold was used and why.")
 
 # ---- the study ---------------------------------------------------------------------------------
 linked = services.linked_study()
@@ -88,12 +86,20 @@ if model is None:
 
 try:
     with st.spinner("Scoring the study…"):
-        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta, window=window)
+        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta)
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
-if window is None:
-    session.remember_dicom_window(result)
+triage = services.triage_study(model, study, result)
+if remember_suggestion(triage.suggestion):
+    st.rerun()  # the sidebar's body-part picker (drawn above) shows the suggestion
+if suggestion_caption():
+    st.sidebar.caption(suggestion_caption())
+suggested = triage.suggestion.part if triage.suggestion is not None and triage.suggestion.is_mura_part else None
+keep = kept_views(result)
+result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,
+                        body_part=suggested if part_choice == "auto" and result.body_part == "UNKNOWN" else None)
+result = hide_excluded_scores(result, triage, keep)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")
@@ -102,9 +108,9 @@ c1.metric("Study probability (abnormal)", format_probability(result.probability)
 c2.metric("Decision", decision_label(result))
 c3.metric("Threshold", format_probability(result.threshold), help=result.threshold_reason or None)
 c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
-          help="From the data or the DICOM tag; choose it in the sidebar when the files do not say. "
-               "It picks the threshold when the model has one fitted for it.")
-st.markdown(study_summary(result))
+          help="From the data, the DICOM tag or the images (suggested; see the sidebar); choose it in the sidebar to "
+               "override. It picks the threshold when the model has one fitted for it.")
+st.markdown(scope_summary(result, study_summary(result)))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
            "A second-reader and teaching aid, not a diagnosis.")
@@ -125,6 +131,11 @@ for i, view in enumerate(result.views):
                  "The other views were scored without it.", icon=":material/broken_image:")
         continue
     boxes = boxes_by_name.get(view.name, ())
+    view = services.windowed_view(study, view, view_window_controls(i, view))
+    if not scope_notice(i, view) or view.probability is None:
+        st.image(to_png_bytes(view_panels(view, services.overlay_fn(), zoom=1.0, boxes=boxes)[0]), width="stretch",
+                 caption=f"{view.name} — image (not scored: outside the model's scope)")
+        continue
     image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
                                  boxes=boxes)
 

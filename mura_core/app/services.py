@@ -567,3 +567,42 @@ def card_markdown(name: str) -> str:
                "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
     return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)
                                  for m in loaded_models(name))
+
+
+def windowed_view(study: Study, view: Any, window: tuple[float, float] | None) -> Any:
+    """`view` (a scored ViewResult) with its image re-decoded under a DICOM display `window`.
+
+    Display only: the probability and heat map stay those the model gave on the file's own window, so
+    changing window/level never changes a score. Returns `view` unchanged without a window, for
+    non-DICOM views, or when the file cannot be read again.
+    """
+    from mura_core.imaging.decode import decode_view
+
+    if window is None or getattr(getattr(view, "meta", None), "format", None) != "DICOM":
+        return view
+    source = next((v for v in study.views if v.name == view.name), None)
+    if source is None:
+        return view
+    try:
+        shown = decode_view(source, window=window)
+    except DecodeError:
+        return view
+    return dataclasses.replace(view, image=shown.pixels, meta=shown.meta)
+
+
+def triage_study(model: str, study: Study, result: Any) -> Any:
+    """The scope check of every view and the body-part suggestion of a scored study (cached with it).
+
+    One feature pass over what the model saw (`explain.triage`); a model without fitted heads gets only
+    what the DICOM tags say.
+    """
+    from mura_core.explain.triage import triage_study as run_triage
+
+    study, datas = _with_bytes(study)
+    key = ("triage", score_key(f"{weights_folder()}::{model}", datas, [v.name for v in study.views], cam=None))
+    cache = result_cache()
+    hit = cache.get(key)
+    if hit is None:
+        hit = run_triage(get_predictor(model), result)
+        cache.put(key, hit)
+    return hit

@@ -14,6 +14,13 @@ With ``--json`` stdout carries exactly one JSON object (warnings and progress go
                 {"file": "b.dcm", "probability": null, "error": "not an image (...)",
                  "overlay": null, "peak": null}]}
 
+Issue #13 additions: every image has ``"scope": {"in_scope": bool, "label": str, "score": float}`` (null when
+the model has no fitted heads and no DICOM tag decides; ``score >= 1`` is out of scope, see
+`explain.scope`), and the study has ``"body_part_suggested": {"part": str, "confidence": float,
+"source": "dicom" | "image"}`` (or null) and ``"excluded_images"`` (indices left out of the study
+probability because they are out of scope; ``--keep-out-of-scope`` keeps them). Without ``--body-part``
+and without a DICOM body part, a suggested MURA part picks the threshold, as in the viewer.
+
 ``peak`` is the heat-map maximum as [x, y] in 0..1 of the image width/height, at the centre of the
 maximal pixel (``x = (column + 0.5) / width``), null without a heat map. DICOM tags are never printed
 (only the file names given on the command line and the numbers above).
@@ -60,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--colormap", default="jet", choices=sorted(COLORMAPS), help="overlay colour map")
     parser.add_argument("--alpha", type=float, default=0.4, help="overlay opacity 0..1")
     parser.add_argument("--window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None,
-                        help="DICOM window override")
+                        help="DICOM display window for the overlays (the score always uses the file's own window)")
+    parser.add_argument("--keep-out-of-scope", action="store_true",
+                        help="count images the scope check flags in the study probability too")
     return parser
 
 
@@ -94,8 +103,29 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def result_to_json(result: Any, predictor: Any, overlays: list[str | None] | None = None) -> dict[str, Any]:
+def _scope_json(view: Any) -> dict[str, Any] | None:
+    scope = getattr(view, "scope", None)
+    return None if scope is None else scope.as_json()
+
+
+def result_to_json(result: Any, predictor: Any, overlays: list[str | None] | None = None,
+                   triage: Any = None, keep: Any = ()) -> dict[str, Any]:
     """The documented JSON object for one study result (no image data, no DICOM tags)."""
+    data = _result_json(result, predictor, overlays)
+    suggestion = getattr(triage, "suggestion", None)
+    data["study"]["body_part_suggested"] = None if suggestion is None else suggestion.as_json()
+    if triage is not None:
+        from mura_core.explain.triage import excluded_views
+
+        data["study"]["excluded_images"] = excluded_views(triage, keep)
+    else:
+        data["study"]["excluded_images"] = []
+    for image, view in zip(data["images"], result.views):
+        image["scope"] = _scope_json(view)
+    return data
+
+
+def _result_json(result: Any, predictor: Any, overlays: list[str | None] | None) -> dict[str, Any]:
     overlays = overlays or [None] * len(result.views)
     return {
         "model": predictor.name,
@@ -128,13 +158,20 @@ def _print_text(data: dict[str, Any]) -> None:
             print(f"  [{i}] {img['file']}: UNREADABLE - {img['error']}")
             continue
         extra = f"  peak=({img['peak'][0]:.3f}, {img['peak'][1]:.3f})" if img["peak"] else ""
+        scope = img.get("scope")
+        if scope is not None and not scope["in_scope"]:
+            extra += f"  OUT OF SCOPE ({scope['label']}, score {scope['score']:.2f})"
         extra += f"  overlay={img['overlay']}" if img["overlay"] else ""
         print(f"  [{i}] {img['file']}: P(abnormal)={img['probability']:.4f}{extra}")
     if study["probability"] is None:
-        print("study: nothing could be scored")
+        print("study: every readable image is out of scope (--keep-out-of-scope scores them)"
+              if study.get("excluded_images") else "study: nothing could be scored")
         return
+    if study.get("body_part_suggested"):
+        sug = study["body_part_suggested"]
+        print(f"body part suggested: {sug['part']} ({sug['confidence']:.0%}, from the {sug['source']})")
     verdict = "ABNORMAL" if study["abnormal"] else "normal"
-    print(f"study ({study['aggregate']} of {sum(i['error'] is None for i in data['images'])} images, "
+    print(f"study ({study['aggregate']} of {sum(i['error'] is None for i in data['images']) - len(study.get('excluded_images', []))} images, "
           f"body part {study['body_part']}): P(abnormal)={study['probability']:.4f} -> {verdict} "
           f"(threshold {study['threshold']:.3f})")
 
@@ -173,10 +210,21 @@ def cli_main(argv: list[str] | None = None) -> int:
         except ExplainError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        from mura_core.explain.triage import restrict_study, triage_study
+
+        triage = triage_study(predictor, result)
+        if triage.problem:
+            print(f"warning: scope and body-part heads not used: {triage.problem}", file=sys.stderr)
+        suggested = triage.suggestion
+        part = None
+        if not args.body_part and result.body_part == "UNKNOWN" and suggested is not None and suggested.is_mura_part:
+            part = suggested.part
+        keep = range(len(views)) if args.keep_out_of_scope else ()
+        result = restrict_study(result, triage, predictor.thresholds, keep=keep, body_part=part)
         overlays = None
         if args.out is not None and cam is not None:
             overlays = write_overlays(result, args.out, colormap=args.colormap, alpha=args.alpha)
-        data = result_to_json(result, predictor, overlays)
+        data = result_to_json(result, predictor, overlays, triage, keep)
         for name, reason in result.errors:
             print(f"unreadable: {name}: {reason}", file=sys.stderr)
     if args.json:

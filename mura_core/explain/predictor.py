@@ -75,6 +75,16 @@ class ViewResult:
     peak: tuple[float, float] | None = None
     """Heat-map maximum as (x, y) in 0..1 image coordinates (`explain.heatmap_peak`); None if flat."""
     meta: ImageMeta | None = None
+    model_image: np.ndarray | None = field(default=None, repr=False)
+    """What the model saw when it differs from `image` (a DICOM shown with a display window): the file's
+    own default window, so window/level never changes a score. None when `image` is what it saw."""
+    scope: Any = None
+    """The scope check (`explain.scope.ScopeResult`) when the model has fitted heads, else None."""
+
+    @property
+    def input_image(self) -> np.ndarray | None:
+        """The pixels the model scored (default window), whatever the display window."""
+        return self.model_image if self.model_image is not None else self.image
 
 
 @dataclass
@@ -344,7 +354,8 @@ class Predictor:
             target: ``"abnormal"`` or ``"normal"``: which decision the heat maps explain.
             tta: also score horizontally flipped views and average.
             aggregate: ``"mean"`` (MURA) or ``"max"`` of the view probabilities.
-            window: DICOM (center, width) override passed to the decoder.
+            window: DICOM (center, width) for DISPLAY only (`ViewResult.image`); the model always sees
+                the file's own window (or VOI LUT), so window/level never changes a score.
         """
         if aggregate not in AGGREGATES:
             raise ValueError(f"unknown aggregate {aggregate!r}; choose 'mean' or 'max'")
@@ -356,7 +367,8 @@ class Predictor:
         results = [_decode(view, window) for view in view_list]
         good = [i for i, r in enumerate(results) if r.image is not None]
         if good:
-            prob, heatmaps = self.predict_images([results[i].image for i in good], cam=cam, target=target, tta=tta)
+            prob, heatmaps = self.predict_images([results[i].input_image for i in good], cam=cam, target=target,
+                                                 tta=tta)
             for k, i in enumerate(good):
                 results[i].probability = float(prob[k])
                 if heatmaps is not None:
@@ -377,12 +389,16 @@ class Predictor:
 def _decode(view: View, window: tuple[float, float] | None) -> ViewResult:
     """Decode one view into a ViewResult holding its image, or the reason it failed."""
     try:
-        decoded = decode_view(view, window=window)
+        decoded = decode_view(view)
+        shown = decoded
+        if window is not None and decoded.meta.format == "DICOM":
+            shown = decode_view(view, window=window)  # display only; the model keeps `decoded`
     except DecodeError as error:
         return ViewResult(name=view.name, error=error.reason)
     except Exception as error:  # noqa: BLE001 - a view must never take the study down
         return ViewResult(name=view.name, error=f"could not read ({type(error).__name__})")
-    return ViewResult(name=view.name, image=decoded.pixels, meta=decoded.meta)
+    return ViewResult(name=view.name, image=shown.pixels, meta=shown.meta,
+                      model_image=None if shown is decoded else decoded.pixels)
 
 
 def _resolve_body_part(explicit: BodyPart | str | None, study: Study | None,

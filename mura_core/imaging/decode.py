@@ -28,6 +28,13 @@ Decisions (documented once, here):
   `window=(center, width)` if given, else the file's first VOI window, else its VOI LUT sequence, else
   the full range of the values), then MONOCHROME1 is inverted so that bone is always bright. Only the
   first frame of a multi-frame file is returned. Colour DICOM is turned into grey by luminance.
+  A caller's window is for display: `Predictor` always scores the file's own window.
+- DICOM pixel decoders: pydicom's plugins first (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE), then GDCM
+  (PyPI python-gdcm) directly, in memory, for what they refuse: real 12-bit JPEG Extended CR files
+  (1.2.840.10008.1.2.4.51, e.g. WG04 RG2_JPLY) have a scan header libjpeg rejects and pydicom's own GDCM
+  plugin refuses that syntax. GDCM prints libjpeg's notes about such files on stderr (no tag values).
+  When every decoder fails the message names the transfer syntax and each decoder tried (or missing)
+  instead of calling a valid file corrupt.
 - Identifying DICOM attributes (names, ids, dates, institution...) are never read into `ImageMeta`
   and never put in messages; pydicom's warnings (which can echo tag values) are silenced while decoding.
 
@@ -419,6 +426,120 @@ def _check_transfer_syntax(ds: Any, name: str) -> None:
         raise DecodeError(name, f"unsupported transfer syntax {label}: no decoding plugin installed")
 
 
+def _transfer_syntax_label(ds: Any) -> str:
+    """'<name> (<uid>)' of the file's transfer syntax (or the uid alone when pydicom has no name)."""
+    from pydicom.uid import UID, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    uid = UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)) if meta is not None
+              else ImplicitVRLittleEndian)
+    return f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
+
+
+def _gdcm_module() -> Any | None:
+    """The `gdcm` module (PyPI python-gdcm) with its console messages off, or None when not installed."""
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    for switch in ("WarningOff", "ErrorOff", "DebugOff"):
+        getattr(gdcm.Trace, switch, lambda: None)()
+    return gdcm
+
+
+def _gdcm_decode(ds: Any) -> np.ndarray:
+    """The first frame of encapsulated pixel data decoded by GDCM in memory (no file is written).
+
+    pydicom's own GDCM plugin refuses 12-bit JPEG Extended (1.2.840.10008.1.2.4.51) although GDCM
+    decodes it; this builds the GDCM image from the header values and the frame's fragments directly.
+    """
+    from pydicom.encaps import generate_fragmented_frames
+
+    gdcm = _gdcm_module()
+    if gdcm is None:
+        raise RuntimeError("GDCM not installed")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frame = b"".join(next(iter(generate_fragmented_frames(ds.PixelData, number_of_frames=frames))))
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(frame)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((cols, rows, 1))
+    image.SetDataElement(element)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    image.SetPhotometricInterpretation(
+        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.GetPIType(photometric)))
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(ds.file_meta.TransferSyntaxUID))))
+    signed = int(ds.get("PixelRepresentation", 0) or 0)
+    image.SetPixelFormat(gdcm.PixelFormat(samples, allocated, stored, stored - 1, signed))
+    buffer = image.GetBuffer()
+    if not buffer:
+        raise RuntimeError("GDCM returned no pixels")
+    raw = buffer.encode("utf-8", "surrogateescape")
+    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[allocated]
+    arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    if signed:
+        arr = arr.view(np.dtype(dtype.__name__.replace("u", "")).newbyteorder("<"))
+    expected = rows * cols * samples
+    if arr.size < expected:
+        raise RuntimeError("GDCM returned too few pixels")
+    arr = arr[:expected]
+    return arr.reshape(rows, cols, samples) if samples > 1 else arr.reshape(rows, cols)
+
+
+def _dicom_pixel_array(ds: Any, name: str) -> np.ndarray:
+    """Pixels through pydicom's plugins, else GDCM directly; when all fail, say which were tried.
+
+    A failure of every decoder is reported as a missing or unable decoder, not as a broken file: real
+    scanner files (12-bit JPEG Extended CR) are valid but beyond pylibjpeg's libjpeg.
+    """
+    try:
+        return ds.pixel_array
+    except MemoryError:
+        raise DecodeError(name, "image too large (out of memory while decoding)") from None
+    except Exception as error:  # noqa: BLE001 - pydicom raises RuntimeError, ValueError, NotImplementedError
+        first = error
+    tried = ["pydicom plugins (" + _plugin_names(first) + ")"]
+    if _encapsulated(ds):
+        if _gdcm_module() is None:
+            tried.append("GDCM: not installed (pip install python-gdcm)")
+        else:
+            try:
+                return _gdcm_decode(ds)
+            except MemoryError:
+                raise DecodeError(name, "image too large (out of memory while decoding)") from None
+            except Exception as error:  # noqa: BLE001
+                tried.append(f"GDCM ({type(error).__name__})")
+    raise DecodeError(
+        name, f"no installed decoder could read the pixel data ({_transfer_syntax_label(ds)}; tried "
+              f"{'; '.join(tried)}); a decoder for this encoding is missing or the pixel data is damaged"
+    ) from None
+
+
+def _encapsulated(ds: Any) -> bool:
+    """True when the transfer syntax stores pixel data compressed in fragments."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        return False
+    try:
+        return bool(meta.TransferSyntaxUID.is_compressed)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _plugin_names(error: Exception) -> str:
+    """Names of the pydicom plugins that failed, from its summary message (never tag values)."""
+    names = re.findall(r"^\s*([a-z_]+):", str(error), flags=re.MULTILINE)
+    return ", ".join(dict.fromkeys(names)) or type(error).__name__
+
+
 def _dicom_window(ds: Any, values: np.ndarray, window: tuple[float, float] | None
                   ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Apply the caller's window, the file's window, its VOI LUT, or the full range, in that order."""
@@ -470,13 +591,7 @@ def _decode_dicom_quietly(data: bytes, name: str, window: tuple[float, float] | 
         frames = _require_int(ds, "NumberOfFrames", name, default=1)
         _check_size(cols, rows, frames, name, limits)
         _check_transfer_syntax(ds, name)
-        try:
-            arr = ds.pixel_array
-        except MemoryError:
-            raise DecodeError(name, "image too large (out of memory while decoding)") from None
-        except Exception as error:
-            raise DecodeError(name, f"pixel data could not be decoded ({type(error).__name__}; "
-                                    "truncated or corrupt)") from None
+        arr = _dicom_pixel_array(ds, name)
         try:
             return _dicom_pixels_to_image(ds, arr, name, window)
         except DecodeError:

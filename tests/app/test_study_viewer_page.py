@@ -137,7 +137,11 @@ def test_dicom_upload_body_part_from_tag_and_no_identifying_tags(viewer: AppTest
     text = _all_text(at)
     assert "SECRET" not in text and "19000101" not in text     # no identifying tag anywhere
     assert "DICOM" in text and "CR" in text                    # technical facts are shown
-    at.checkbox(key="viewer_window_on").check().run()
-    at.number_input(key="viewer_wc").set_value(1000.0).run()
+    from mura_core.app.view_controls import view_key
+
+    before = _metrics(at)["Study probability (abnormal)"]
+    at.checkbox(key=view_key("viewer_window_on", 0, "study.dcm")).check().run()
+    at.number_input(key=view_key("viewer_wc", 0, "study.dcm")).set_value(1000.0).run()
     assert not at.exception, at.exception
     assert "P(abnormal)" in " ".join(c for img in at.image for c in img.captions)
+    assert _metrics(at)["Study probability (abnormal)"] == before   # window/level is display only

@@ -1,0 +1,105 @@
+"""The fitted scope check on real images (issue #13): flags generated non-radiographs and FracAtlas lower
+limbs, passes upper-limb radiographs, and its measured rates are in the model card.
+
+Runs for every checkpoint (indexed in weights/, or under runs/) whose heads `fit-heads` wrote; skips when
+there are none or the shared data is absent. Images come from the held-out half of the valid splits
+(never fitted on, never used to calibrate) and from generated images of a seed the fit never used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mura_core.data.sources import open_dataset
+from mura_core.data.studies import BodyPart
+from mura_core.explain.features import pooled_features
+from mura_core.explain.fit_heads import CARD_START, _stable
+from mura_core.explain.heads import heads_for
+from mura_core.explain.scope import check_scope
+from mura_core.imaging.decode import decode_image, decode_view
+from mura_core.imaging.preprocess import PreprocessConfig
+from mura_core.imaging.synthetic import CATEGORIES, generate
+from mura_core.models.checkpoints import load_checkpoint
+from mura_core.models.registry import get_arch
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+PER_GROUP = 12
+
+
+def _checkpoints() -> list[Path]:
+    found = []
+    index = REPO / "weights" / "index.json"
+    if index.is_file():
+        for entry in json.loads(index.read_text()).get("models", {}).values():
+            if entry.get("heads_sha256"):
+                found.append(REPO / "weights" / entry["file"])
+    found += sorted(p.with_name(p.name.replace(".heads.json", ".pt")) for p in (REPO / "runs").glob("*.heads.json"))
+    return [p for p in found if p.is_file()]
+
+
+def _held_out(root: str, want: set[BodyPart]) -> list:
+    index = open_dataset(DATA / root, split="valid")
+    views = []
+    for study in index.studies:
+        if BodyPart(study.body_part) in want:
+            for view in study.views:
+                if _stable("calib:" + f"{root}/{view.path or view.name}") % 2 == 1:
+                    views.append(view)
+    views.sort(key=lambda v: _stable(str(v.path)))
+    return views[:PER_GROUP]
+
+
+@pytest.fixture(scope="module", params=_checkpoints() or [None], ids=lambda p: getattr(p, "name", "none"))
+def scope_of(request):
+    if request.param is None:
+        pytest.skip("no checkpoint with fitted heads (run python -m mura_core fit-heads)")
+    if not (DATA / "FracAtlas").is_dir() or not (DATA / "bone-fracture-xr").is_dir():
+        pytest.skip("shared data not present")
+    loaded = load_checkpoint(request.param)
+    heads, problem = heads_for(request.param, loaded.sha256)
+    assert heads is not None, problem
+    card = loaded.card
+    config = PreprocessConfig(image_size=int(card.image_size), mean=tuple(card.mean), std=tuple(card.std))
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        feats = pooled_features(loaded.model.eval(), get_arch(card.arch), config, images)
+        return np.array([not s.in_scope for s in check_scope(heads, feats, [None] * len(images))])
+
+    run.checkpoint = request.param
+    return run
+
+
+def test_generated_non_radiographs_are_flagged(scope_of) -> None:
+    images = [decode_image(data, name).pixels for c in CATEGORIES for name, data in
+              (generate(c, 900_000 + i) for i in range(3))]
+    flagged = scope_of(images)
+    assert flagged.mean() >= 0.75, dict(zip([c for c in CATEGORIES for _ in range(3)], flagged))
+
+
+def test_lower_limb_radiographs_are_flagged(scope_of) -> None:
+    views = _held_out("FracAtlas", {BodyPart.LEG, BodyPart.HIP})
+    flagged = scope_of([decode_view(v).pixels for v in views])
+    assert flagged.mean() >= 0.6, flagged
+
+
+def test_upper_limb_radiographs_pass(scope_of) -> None:
+    views = _held_out("FracAtlas", {BodyPart.HAND_WRIST_FOREARM, BodyPart.SHOULDER_HUMERUS})
+    views += _held_out("bone-fracture-xr", set(BodyPart.known()) | {BodyPart.UNKNOWN})
+    flagged = scope_of([decode_view(v).pixels for v in views])
+    assert flagged.mean() <= 0.2, flagged
+
+
+def test_rates_are_in_the_report_and_card(scope_of) -> None:
+    checkpoint = scope_of.checkpoint
+    report = json.loads(checkpoint.with_name(f"{checkpoint.stem}.heads.json").read_text())
+    rates = report["scope_held_out"]
+    assert any(k.startswith("upper_limb") for k in rates) and "lower_limb (all) - true alarms" in rates
+    assert all(f"generated {c} - true alarms" in rates for c in CATEGORIES)
+    assert report["body_part_valid"]["per_class"]
+    card = checkpoint.with_suffix(".md")
+    if card.is_file():
+        assert CARD_START in card.read_text() and "called out of scope" in card.read_text()
