@@ -48,6 +48,10 @@ __all__ = [
     "card_summary",
     "meta_rows",
     "format_probability",
+    "HEAT_SCALES",
+    "scaled_heatmap",
+    "colour_legend",
+    "mark_peak",
 ]
 
 DISCLAIMER = (
@@ -405,3 +409,64 @@ def view_panels(
     if over is not None:
         over = zoom_crop(over, zoom, centre)
     return plain, over
+
+
+# ----------------------------------------------------------------------------------------------
+# heat-map scale, legend and peak marker
+# ----------------------------------------------------------------------------------------------
+
+HEAT_SCALES: dict[str, str] = {
+    "own": "Each map scaled to its own maximum (shows where, not how much)",
+    "shared": "Shared scale: map x P(class shown), comparable across views and methods",
+}
+"""Heat-map colour scales the pages offer: key -> what the legend and caption say."""
+
+
+def scaled_heatmap(heatmap: np.ndarray, probability: float | None, target: str = "abnormal",
+                   scale: str = "own") -> np.ndarray:
+    """The map to colour: as computed (0..1, own maximum) or, with ``scale="shared"``, times the
+    probability of the class shown (P(abnormal), or 1 - P for "normal"), so a view the model calls 3%
+    abnormal stays dark instead of glowing red."""
+    if scale not in HEAT_SCALES:
+        raise ValueError(f"unknown heat-map scale {scale!r}; choose from {', '.join(HEAT_SCALES)}")
+    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if scale == "own" or probability is None:
+        return heat
+    p = float(probability) if target == "abnormal" else 1.0 - float(probability)
+    return heat * np.float32(min(max(p, 0.0), 1.0))
+
+
+def colour_legend(colormap: str, *, height: int = 240, width: int = 90, scale: str = "own") -> np.ndarray:
+    """A vertical colour bar (RGB uint8) for `colormap`, 1 at the top and 0 at the bottom, with ticks.
+
+    The top tick reads "max" for the own-maximum scale and "1.0" (= certain) for the shared scale.
+    """
+    from mura_core.explain.cams import COLORMAPS
+
+    key = colormap.lower().removeprefix("colormap_")
+    if key not in COLORMAPS:
+        raise ValueError(f"unknown colour map {colormap!r}")
+    bar_w = max(8, width // 3)
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAPS[key]), cv2.COLOR_BGR2RGB)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    canvas[:, :bar_w] = bar
+    top = "max" if scale == "own" else "1.0"
+    mid = "half" if scale == "own" else "0.5"
+    for text, y in ((top, 12), (mid, height // 2 + 4), ("0", height - 4)):
+        cv2.putText(canvas, text, (bar_w + 4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def mark_peak(image: np.ndarray, peak: tuple[float, float] | None, colour: tuple[int, int, int] = (0, 255, 0)
+              ) -> np.ndarray:
+    """An RGB uint8 copy of `image` with a cross at `peak` (x, y in 0..1); unchanged without a peak."""
+    arr = to_uint8(image)
+    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
+    if peak is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    x, y = int(round(peak[0] * w - 0.5)), int(round(peak[1] * h - 0.5))
+    size = max(6, min(h, w) // 25)
+    cv2.drawMarker(rgb, (x, y), colour, cv2.MARKER_CROSS, size, max(1, min(h, w) // 150))
+    return rgb
