@@ -52,6 +52,9 @@ __all__ = [
     "scaled_heatmap",
     "colour_legend",
     "mark_peak",
+    "with_legend",
+    "compare_panel",
+    "map_hit",
 ]
 
 DISCLAIMER = (
@@ -470,3 +473,33 @@ def mark_peak(image: np.ndarray, peak: tuple[float, float] | None, colour: tuple
     size = max(6, min(h, w) // 25)
     cv2.drawMarker(rgb, (x, y), colour, cv2.MARKER_CROSS, size, max(1, min(h, w) // 150))
     return rgb
+
+
+def with_legend(image: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """The RGB image with the colour legend beside it (legend resized to the image's height)."""
+    rgb = to_uint8(image)
+    rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
+    h = rgb.shape[0]
+    scale = h / legend.shape[0]
+    bar = cv2.resize(legend, (max(1, int(round(legend.shape[1] * scale))), h), interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([rgb, bar], axis=1)
+
+
+def compare_panel(image: np.ndarray, heatmap: np.ndarray, overlay_fn: Any, *, colormap: str, alpha: float,
+                  boxes: Sequence[Box] = (), peak: tuple[float, float] | None = None, scale: str = "own",
+                  max_side: int = 512) -> np.ndarray:
+    """One tile of the compare page: the image (shrunk to `max_side`) with the heat map, the boxes, the
+    map's peak and the colour legend beside it."""
+    small = thumbnail(image, max_side)
+    over = draw_boxes(np.asarray(overlay_fn(small, heatmap, colormap=colormap, alpha=alpha)), boxes)
+    return with_legend(mark_peak(over, peak), colour_legend(colormap, scale=scale))
+
+
+def map_hit(heatmap: np.ndarray, shape: tuple[int, ...], boxes: Sequence[Box]) -> bool | None:
+    """Pointing-game verdict of a heat map (any size) on an image of `shape` with `boxes`; None without boxes."""
+    from mura_core.explain.cams import resize_heatmap
+    from mura_core.explain.localization import pointing_game_hit
+
+    if not boxes:
+        return None
+    return pointing_game_hit(resize_heatmap(heatmap, tuple(shape[:2])), boxes)
