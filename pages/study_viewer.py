@@ -6,6 +6,7 @@ import streamlit as st
 from mura_core.app import navigation, services, session
 from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
                                  study_summary, to_png_bytes, view_panels, with_body_part)
+from mura_core.app.views import HEAT_SCALES, colour_legend, scaled_view, with_legend
 from mura_core.data.studies import BodyPart, label_name
 from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
 
@@ -17,7 +18,7 @@ st.title("Study viewer")
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
 session.drop_invalid_choice("viewer_cam", methods)
-session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_window_on",
+session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_window_on", "viewer_scale",
              defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
                        "viewer_zoom": 1.0})
 with st.sidebar:
@@ -33,6 +34,7 @@ with st.sidebar:
     st.header("Display")
     alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="viewer_alpha")
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
+    scale = st.radio("Colour scale", list(HEAT_SCALES), format_func=HEAT_SCALES.get, key="viewer_scale")
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
     part_choice = st.selectbox("Body part", ["auto"] + [p.value for p in BodyPart.known()], key="viewer_part",
@@ -101,7 +103,8 @@ c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "
                "It picks the decision threshold.")
 st.markdown(study_summary(result))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
-           f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
+           f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}; "
+           f"colour scale: {HEAT_SCALES[scale].lower()}. "
            "A second-reader and teaching aid, not a diagnosis.")
 st.dataframe(results_table(result), hide_index=True, width="stretch")
 
@@ -115,8 +118,9 @@ for i, view in enumerate(result.views):
                  "The other views were scored without it.", icon=":material/broken_image:")
         continue
     boxes = boxes_by_name.get(view.name, ())
-    image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
-                                 boxes=boxes)
+    image, overlay = view_panels(scaled_view(view, target, scale), services.overlay_fn(), colormap=colormap,
+                                 alpha=alpha, zoom=zoom, boxes=boxes)
+    overlay = None if overlay is None else with_legend(overlay, colour_legend(colormap, scale=scale))
 
     left, right, facts_col = st.columns([2, 2, 1])
     left.image(to_png_bytes(image), width="stretch",

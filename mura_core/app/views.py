@@ -55,6 +55,7 @@ __all__ = [
     "with_legend",
     "compare_panel",
     "map_hit",
+    "scaled_view",
 ]
 
 DISCLAIMER = (
@@ -503,3 +504,11 @@ def map_hit(heatmap: np.ndarray, shape: tuple[int, ...], boxes: Sequence[Box]) -
     if not boxes:
         return None
     return pointing_game_hit(resize_heatmap(heatmap, tuple(shape[:2])), boxes)
+
+
+def scaled_view(view: Any, target: str = "abnormal", scale: str = "own") -> Any:
+    """A shallow copy of a scored view whose heat map is on `scale` (`scaled_heatmap`); the cached view is untouched."""
+    heatmap = getattr(view, "heatmap", None)
+    if heatmap is None or scale == "own":
+        return view
+    return dataclasses.replace(view, heatmap=scaled_heatmap(heatmap, view.probability, target, scale))

@@ -33,3 +33,13 @@ def test_mark_peak_draws_at_the_point_only():
     ys, xs = np.nonzero(marked[..., 1])
     assert abs(xs.mean() - 49.5) < 2 and abs(ys.mean() - 49.5) < 2
     assert not mark_peak(img, None).any()
+
+
+def test_scaled_view_copies_and_leaves_the_cached_view():
+    from mura_core.app.views import scaled_view
+    from mura_core.explain.predictor import ViewResult
+
+    view = ViewResult("a.png", probability=0.1, heatmap=np.ones((4, 4), dtype=np.float32))
+    shared = scaled_view(view, "abnormal", "shared")
+    assert shared.heatmap.max() == pytest.approx(0.1) and view.heatmap.max() == 1.0
+    assert scaled_view(view, "abnormal", "own") is view
