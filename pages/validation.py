@@ -6,7 +6,7 @@ import streamlit as st
 from mura_core.app import navigation, services, session
 from mura_core.app.validation import (MURA_PAPER_SOURCE, SPLITS_DIFFER_NOTE, calibration_figure,
                                       confusion_by_body_part, confusion_figure, describe_report, kappa_comparison,
-                                      kappas_by_body_part, metrics_table, pointing_game_rows, roc_figure,
+                                      kappas_by_body_part, metrics_table, pointing_game_table, roc_figure,
                                       single_class_parts)
 from mura_core.data.roots import default_data_root
 from mura_core.evaluation.reports import find_reports
@@ -106,11 +106,12 @@ with right:
     st.plotly_chart(calibration_figure(predictions), key="validation_calibration")
     st.caption("Points on the diagonal mean a probability of 70% is abnormal 70% of the time.")
 
-if source == "shipped" and pointing_game_rows(report):
-    st.markdown("#### Where the model looked: pointing game")
-    st.dataframe(pointing_game_rows(report), hide_index=True, width="stretch")
-    st.caption("A hit when the heat map's maximum falls inside (or within a few pixels of) a ground-truth "
-               "finding box; compare with the baselines that always point at the image centre or at random.")
+if source == "shipped" and pointing_game_table(report):
+    st.markdown("#### Where the model looked: pointing game and energy share")
+    st.dataframe(pointing_game_table(report), hide_index=True, width="stretch")
+    st.caption("Pointing game: a hit when the heat map's maximum falls inside (or within a few pixels of) a "
+               "ground-truth finding box. Energy share: the share of the heat map's mass inside the boxes. "
+               "Baseline rows: always pointing at the image centre, a random point, and a uniform map.")
 
 st.markdown("#### Agreement with radiologists (Cohen's kappa)")
 st.dataframe(kappa_comparison(kappas_by_body_part(predictions, chosen)), hide_index=True, width="stretch")
