@@ -12,8 +12,14 @@ target layer); `explain_many` gives several methods from that one pass. Methods 
   `ArchSpec.cam_target_layer(model)`; `ArchSpec.reshape_transform` turns transformer tokens into maps.
 - ``eigencam``: first principal component of the target activations (class-agnostic; the sign is
   chosen so the map agrees with the channel-summed activation).
+- ``layercam-fused`` (the default, `DEFAULT_CAM`) and ``gradcam-fused``: pytorch-grad-cam's LayerCAM /
+  Grad-CAM over several stages (`fusion_layers`: the target layer plus the last block at each finer
+  resolution, `FUSION_DEPTH` resolutions), each map ReLU'd and min-maxed, then averaged by the library.
+  For EfficientNet-Lite0 at 224 px that adds a 14x14 map to the 7x7 one. One full backward (weights
+  frozen for it, so no weight gradients); a fine map for hairline findings a 7x7 grid cannot place.
 - ``scorecam``, ``ablationcam``: delegated to pytorch-grad-cam; they run hundreds to thousands of
-  extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default.
+  extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default
+  (`explain.slow` adds an estimate, progress, cancel and a one-at-a-time gate).
 
 Target: ``"abnormal"`` explains the abnormal logit (pytorch-grad-cam's ``BinaryClassifierOutputTarget(1)``),
 ``"normal"`` its negation (``BinaryClassifierOutputTarget(0)``).
@@ -85,6 +91,8 @@ class CamMethod:
     only), 'multilayer' (pytorch-grad-cam over several stages: one full backward) or 'perturbation'
     (pytorch-grad-cam: many extra forwards)."""
     description: str
+    default: bool = False
+    """The app's and evaluate's default map (exactly one row; see `DEFAULT_CAM`)."""
 
     @property
     def slow(self) -> bool:
@@ -101,9 +109,10 @@ CAM_TABLE: tuple[CamMethod, ...] = (
     CamMethod("layercam", "gradient", "LayerCAM: positive gradient times activation"),
     CamMethod("eigencam", "eigen", "Eigen-CAM: first principal component of the activations"),
     CamMethod("layercam-fused", "multilayer",
-              "LayerCAM fused over the last 3 resolutions (pytorch-grad-cam): finer than one 7x7 map"),
+              "LayerCAM fused over the last 2 resolutions (pytorch-grad-cam): finer than one 7x7 map",
+              default=True),
     CamMethod("gradcam-fused", "multilayer",
-              "Grad-CAM fused over the last 3 resolutions (pytorch-grad-cam)"),
+              "Grad-CAM fused over the last 2 resolutions (pytorch-grad-cam)"),
     CamMethod("scorecam", "perturbation", "Score-CAM (pytorch-grad-cam)"),
     CamMethod("ablationcam", "perturbation", "Ablation-CAM (pytorch-grad-cam)"),
 )
@@ -118,14 +127,16 @@ GRADIENT_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.fami
 MULTILAYER_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.family == "multilayer")
 """Methods fused from several stages (`fusion_layers`): finer maps at the cost of a full backward."""
 
-FUSION_DEPTH = 3
-"""How many resolutions the fused methods combine: the target layer's plus the next finer ones."""
+FUSION_DEPTH = 2
+"""How many resolutions the fused methods combine: the target layer's plus the next finer ones
+(2 for EfficientNet-Lite0 at 224 px: 7x7 and 14x14; 3 and 4 measured no better, see HEATMAP_NOTES.md)."""
 
 SLOW_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.slow)
 """Methods that run many extra forward passes per image (minutes on a CPU for a DenseNet)."""
 
-DEFAULT_CAM = "cam"
-"""The default method where the head allows it (forward only, cheapest)."""
+DEFAULT_CAM: str = next(m.name for m in CAM_TABLE if m.default)
+"""The default method (the `CAM_TABLE` row marked default): LayerCAM fused over the last two
+resolutions, which pointed at findings far more often than classic CAM (HEATMAP_NOTES.md)."""
 
 FALLBACK_CAM = "gradcam"
 """The default method for every other architecture (works on all of them)."""
@@ -168,7 +179,7 @@ def supports_method(model: nn.Module, arch_spec: Any, method: str) -> bool:
 
 
 def default_method(model: nn.Module, arch_spec: Any) -> str:
-    """`DEFAULT_CAM` (``"cam"``) where the head allows it (forward only, cheapest), else ``"gradcam"``."""
+    """`DEFAULT_CAM` where the model supports it, else ``"gradcam"`` (works on every architecture)."""
     return DEFAULT_CAM if supports_method(model, arch_spec, DEFAULT_CAM) else FALLBACK_CAM
 
 
@@ -409,8 +420,8 @@ def fusion_layers(model: nn.Module, arch_spec: Any, inputs: torch.Tensor,
 
     The blocks are the children of the model's longest ModuleList/Sequential (EfficientNet's ``_blocks``,
     a DenseNet's ``features``); one probe forward (cached per model and input size) finds each block's
-    output resolution. For EfficientNet-Lite0 at 224 px: ``_head_act`` (7x7), ``_blocks[10]`` (14x14)
-    and ``_blocks[4]`` (28x28).
+    output resolution. For EfficientNet-Lite0 at 224 px: ``_head_act`` (7x7), ``_blocks[10]`` (14x14),
+    then (depth 3) ``_blocks[4]`` (28x28).
     """
     key = (int(inputs.shape[-2]), int(inputs.shape[-1]), int(depth))
     cached = _FUSION_CACHE.setdefault(model, {})
