@@ -16,6 +16,8 @@ PAGES = (
     navigation.AppPage("pages/home.py", "Home", ":material/home:", default=True),
     navigation.AppPage("pages/study_viewer.py", "Study viewer", ":material/radiology:",
                        "upload PNG, JPEG or DICOM views and score them"),
+    navigation.AppPage("pages/compare_maps.py", "Compare heat maps", ":material/compare:",
+                       "every heat-map method on one radiograph, and which maps to trust"),
     navigation.AppPage("pages/dataset_browser.py", "Dataset browser", ":material/photo_library:",
                        "browse a MURA folder or manifest, find false negatives and false positives"),
     navigation.AppPage("pages/worklist.py", "Worklist", ":material/format_list_numbered:",

@@ -7,8 +7,9 @@ from mura_core.app import navigation, services, session
 from mura_core.app.report import report_file_name, study_report_html
 from mura_core.app.view_controls import (kept_views, prefill_body_part, remember_suggestion, scope_notice,
                                          scope_summary, suggestion_caption, view_window_controls)
-from mura_core.app.views import (DISCLAIMER, decision_label, format_probability, meta_rows, results_table,
-                                 study_summary, to_png_bytes, view_panels, with_body_part)
+from mura_core.app.views import (DISCLAIMER, HEAT_SCALES, colour_legend, decision_label, format_probability,
+                                 meta_rows, results_table, scaled_view, study_summary, to_png_bytes, view_panels,
+                                 with_body_part, with_legend)
 from mura_core.data.studies import BodyPart, label_name
 from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
 from mura_core.explain.triage import hide_excluded_scores, restrict_study
@@ -21,7 +22,7 @@ st.title("Study viewer")
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
 session.drop_invalid_choice("viewer_cam", methods)
-session.keep("viewer_target", "viewer_tta", "viewer_part",
+session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_scale",
              defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
                        "viewer_zoom": 1.0})
 with st.sidebar:
@@ -37,6 +38,7 @@ with st.sidebar:
     st.header("Display")
     alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="viewer_alpha")
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")
+    scale = st.radio("Colour scale", list(HEAT_SCALES), format_func=HEAT_SCALES.get, key="viewer_scale")
     zoom = st.slider("Zoom (centred on the heat-map peak)", 1.0, 4.0, step=0.25, key="viewer_zoom")
     st.header("Study")
     prefill_body_part()
@@ -112,7 +114,8 @@ c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "
                "override. It picks the threshold when the model has one fitted for it.")
 st.markdown(scope_summary(result, study_summary(result)))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
-           f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}. "
+           f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}; "
+           f"colour scale: {HEAT_SCALES[scale].lower()}. "
            "A second-reader and teaching aid, not a diagnosis.")
 st.dataframe(results_table(result), hide_index=True, width="stretch")
 report_facts = dict(model_name=model, card=services.model_card(model), sha256=services.get_predictor(model).sha256,
@@ -136,8 +139,9 @@ for i, view in enumerate(result.views):
         st.image(to_png_bytes(view_panels(view, services.overlay_fn(), zoom=1.0, boxes=boxes)[0]), width="stretch",
                  caption=f"{view.name} — image (not scored: outside the model's scope)")
         continue
-    image, overlay = view_panels(view, services.overlay_fn(), colormap=colormap, alpha=alpha, zoom=zoom,
-                                 boxes=boxes)
+    image, overlay = view_panels(scaled_view(view, target, scale), services.overlay_fn(), colormap=colormap,
+                                 alpha=alpha, zoom=zoom, boxes=boxes)
+    overlay = None if overlay is None else with_legend(overlay, colour_legend(colormap, scale=scale))
 
     left, right, facts_col = st.columns([2, 2, 1])
     left.image(to_png_bytes(image), width="stretch",

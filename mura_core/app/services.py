@@ -66,6 +66,12 @@ __all__ = [
     "study_from_files",
     "view_thumbnail",
     "warm_up",
+    "MapRun",
+    "compare_map",
+    "decode_for_compare",
+    "sanity_maps",
+    "slow_estimate",
+    "slow_map",
 ]
 
 MODEL_KEY = "model_name"
@@ -606,3 +612,103 @@ def triage_study(model: str, study: Study, result: Any) -> Any:
         hit = run_triage(get_predictor(model), result)
         cache.put(key, hit)
     return hit
+
+
+# ------------------------------------------------------------------------------------------------
+# compare heat maps (teaching page): one image, every method, cached per (model, image, method)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MapRun:
+    """One method's heat map of one image: at the model's input size, with the score and the runtime."""
+
+    method: str
+    heatmap: Any
+    probability: float
+    seconds: float
+
+
+def decode_for_compare(name: str, data: bytes | None = None, path: str | None = None) -> tuple[Any, str]:
+    """(grey image 0..1, cache key) of an uploaded file or a dataset file; DecodeError when unreadable."""
+    import hashlib
+
+    from mura_core.imaging.decode import decode_view
+
+    view = View(name=name, path=Path(path) if path else None, data=data)
+    raw = data if data is not None else read_view_bytes(view)
+    return decode_view(view).pixels, hashlib.sha256(raw).hexdigest()
+
+
+def _first_member(model: str) -> Any:
+    predictor = get_predictor(model)
+    return predictor, predictor.members[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def compare_map(model: str, image_key: str, method: str, target: str, _image: Any) -> MapRun:
+    """A fast method's map of the image keyed by `image_key` (the image itself is not hashed)."""
+    import time
+
+    predictor, member = _first_member(model)
+    batches = predictor.prepare([_image])
+    start = time.perf_counter()
+    prob, maps = predictor.run_batches_many(batches, [method], target=target)
+    seconds = time.perf_counter() - start
+    size = (member.config.image_size, member.config.image_size)
+    return MapRun(method, predictor.combine_maps(maps[method], 0, size), float(prob[0]), seconds)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def slow_estimate(model: str, image_key: str, method: str, _image: Any) -> float:
+    """Seconds a slow method should take on this server for the image (one timed probe forward)."""
+    from mura_core.explain.slow import estimate_seconds
+
+    predictor, member = _first_member(model)
+    x = predictor.prepare([_image])[member.config].to(predictor.device)
+    return float(estimate_seconds(member.model, member.spec, x, method))
+
+
+@st.cache_resource(show_spinner=False)
+def _slow_results() -> ResultCache:
+    """Process-wide cache of slow maps (not st.cache_data: the run draws a progress bar)."""
+    return ResultCache(max_entries=64, max_bytes=64 * 1024 * 1024)
+
+
+def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, _progress: Any = None) -> MapRun:
+    """A slow method's map with progress (`_progress(fraction)`); one slow run per server at a time.
+
+    Raises `explain.slow.SlowBusy` when another session's slow run holds the server; a failed or
+    stopped run is not cached.
+    """
+    import math
+    import time
+
+    from mura_core.explain.slow import run_slow
+
+    cache_key = (model, image_key, method, target)
+    cached = _slow_results().get(cache_key)
+    if cached is not None:
+        return cached
+    predictor, member = _first_member(model)
+    x = predictor.prepare([_image])[member.config].to(predictor.device)
+    start = time.perf_counter()
+    maps, logits = run_slow(member.model, member.spec, x, method, target, progress=_progress)
+    seconds = time.perf_counter() - start
+    prob = 1.0 / (1.0 + math.exp(-float(logits[0])))
+    run = MapRun(method, maps[0], prob, seconds)
+    _slow_results().put(cache_key, run)
+    return run
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sanity_maps(model: str, image_key: str, target: str, level: float, methods: tuple[str, ...],
+                _image: Any) -> dict[str, tuple[Any, float]]:
+    """{method: (randomised model's map, Spearman similarity to the trained map)} for fast methods."""
+    from mura_core.explain.sanity import sanity_check
+
+    predictor, member = _first_member(model)
+    x = predictor.prepare([_image])[member.config].to(predictor.device)
+    trained = {m: compare_map(model, image_key, m, target, _image).heatmap for m in methods}
+    result = sanity_check(member.model, member.spec, x, list(methods), level=level, target=target,
+                          trained_maps=trained)
+    return {m: (r.randomised, r.similarity) for m, r in result.items()}

@@ -33,6 +33,8 @@ __all__ = [
     "metrics_table",
     "kappa_comparison",
     "pointing_game_rows",
+    "pointing_game_sources",
+    "pointing_game_table",
     "kappas_by_body_part",
     "describe_report",
     "confusion_figure",
@@ -219,6 +221,50 @@ def pointing_game_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "random-point baseline": None if summary.get("random_baseline") is None
             else round(float(summary["random_baseline"]), 3),
         })
+    return rows
+
+
+def pointing_game_sources(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """{source name: pointing-game section} of a report: its per-source sections when it has them
+    (``report["by_source"][name]["pointing_game"]``), else the one section under the data's name."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, part in (report.get("by_source") or {}).items():
+        if isinstance(part, Mapping) and isinstance(part.get("pointing_game"), Mapping):
+            out[str(name)] = part["pointing_game"]
+    if not out and isinstance(report.get("pointing_game"), Mapping):
+        data = report.get("data") or {}
+        name = data.get("name") or data.get("path") if isinstance(data, Mapping) else None
+        out[str(name).rstrip("/").rsplit("/", 1)[-1] if name else "all"] = report["pointing_game"]
+    return out
+
+
+def pointing_game_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Pointing game and energy share per source and method, with the centre-point and random-point
+    (uniform-map for energy) baselines as rows of their own; [] when the report has none."""
+    rows: list[dict[str, Any]] = []
+
+    def num(value: Any) -> float | None:
+        return None if value is None else round(float(value), 3)
+
+    for source, game in pointing_game_sources(report).items():
+        methods = {m: s for m, s in (game.get("methods") or {}).items() if isinstance(s, Mapping)}
+        if not methods:
+            continue
+        for method, summary in methods.items():
+            ci = summary.get("ci95")
+            rows.append({"source": source, "method": method, "images with boxes": summary.get("n"),
+                         "pointing game": _with_interval(summary.get("hit_rate"),
+                                                         ci if isinstance(ci, (list, tuple)) else None),
+                         "energy share": num(summary.get("energy_share"))})
+        first = next(iter(methods.values()))
+        rows.append({"source": source, "method": "baseline: image centre", "images with boxes": first.get("n"),
+                     "pointing game": num(first.get("centre_baseline")), "energy share": None})
+        rows.append({"source": source, "method": "baseline: random point / uniform map",
+                     "images with boxes": first.get("n"), "pointing game": num(first.get("random_baseline")),
+                     "energy share": num(first.get("energy_baseline"))})
+    for row in rows:
+        if not isinstance(row["pointing game"], str) and row["pointing game"] is not None:
+            row["pointing game"] = f"{row['pointing game']:.3f}"
     return rows
 
 

@@ -48,6 +48,14 @@ __all__ = [
     "card_summary",
     "meta_rows",
     "format_probability",
+    "HEAT_SCALES",
+    "scaled_heatmap",
+    "colour_legend",
+    "mark_peak",
+    "with_legend",
+    "compare_panel",
+    "map_hit",
+    "scaled_view",
 ]
 
 DISCLAIMER = (
@@ -406,3 +414,102 @@ def view_panels(
     if over is not None:
         over = zoom_crop(over, zoom, centre)
     return plain, over
+
+
+# ----------------------------------------------------------------------------------------------
+# heat-map scale, legend and peak marker
+# ----------------------------------------------------------------------------------------------
+
+HEAT_SCALES: dict[str, str] = {
+    "own": "Each map scaled to its own maximum (shows where, not how much)",
+    "shared": "Shared scale: map x P(class shown), comparable across views and methods",
+}
+"""Heat-map colour scales the pages offer: key -> what the legend and caption say."""
+
+
+def scaled_heatmap(heatmap: np.ndarray, probability: float | None, target: str = "abnormal",
+                   scale: str = "own") -> np.ndarray:
+    """The map to colour: as computed (0..1, own maximum) or, with ``scale="shared"``, times the
+    probability of the class shown (P(abnormal), or 1 - P for "normal"), so a view the model calls 3%
+    abnormal stays dark instead of glowing red."""
+    if scale not in HEAT_SCALES:
+        raise ValueError(f"unknown heat-map scale {scale!r}; choose from {', '.join(HEAT_SCALES)}")
+    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if scale == "own" or probability is None:
+        return heat
+    p = float(probability) if target == "abnormal" else 1.0 - float(probability)
+    return heat * np.float32(min(max(p, 0.0), 1.0))
+
+
+def colour_legend(colormap: str, *, height: int = 240, width: int = 90, scale: str = "own") -> np.ndarray:
+    """A vertical colour bar (RGB uint8) for `colormap`, 1 at the top and 0 at the bottom, with ticks.
+
+    The top tick reads "max" for the own-maximum scale and "1.0" (= certain) for the shared scale.
+    """
+    from mura_core.explain.cams import COLORMAPS
+
+    key = colormap.lower().removeprefix("colormap_")
+    if key not in COLORMAPS:
+        raise ValueError(f"unknown colour map {colormap!r}")
+    bar_w = max(8, width // 3)
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAPS[key]), cv2.COLOR_BGR2RGB)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    canvas[:, :bar_w] = bar
+    top = "max" if scale == "own" else "1.0"
+    mid = "half" if scale == "own" else "0.5"
+    for text, y in ((top, 12), (mid, height // 2 + 4), ("0", height - 4)):
+        cv2.putText(canvas, text, (bar_w + 4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def mark_peak(image: np.ndarray, peak: tuple[float, float] | None, colour: tuple[int, int, int] = (0, 255, 0)
+              ) -> np.ndarray:
+    """An RGB uint8 copy of `image` with a cross at `peak` (x, y in 0..1); unchanged without a peak."""
+    arr = to_uint8(image)
+    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
+    if peak is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    x, y = int(round(peak[0] * w - 0.5)), int(round(peak[1] * h - 0.5))
+    size = max(6, min(h, w) // 25)
+    cv2.drawMarker(rgb, (x, y), colour, cv2.MARKER_CROSS, size, max(1, min(h, w) // 150))
+    return rgb
+
+
+def with_legend(image: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """The RGB image with the colour legend beside it (legend resized to the image's height)."""
+    rgb = to_uint8(image)
+    rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
+    h = rgb.shape[0]
+    scale = h / legend.shape[0]
+    bar = cv2.resize(legend, (max(1, int(round(legend.shape[1] * scale))), h), interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([rgb, bar], axis=1)
+
+
+def compare_panel(image: np.ndarray, heatmap: np.ndarray, overlay_fn: Any, *, colormap: str, alpha: float,
+                  boxes: Sequence[Box] = (), peak: tuple[float, float] | None = None, scale: str = "own",
+                  max_side: int = 512) -> np.ndarray:
+    """One tile of the compare page: the image (shrunk to `max_side`) with the heat map, the boxes, the
+    map's peak and the colour legend beside it."""
+    small = thumbnail(image, max_side)
+    over = draw_boxes(np.asarray(overlay_fn(small, heatmap, colormap=colormap, alpha=alpha)), boxes)
+    return with_legend(mark_peak(over, peak), colour_legend(colormap, scale=scale))
+
+
+def map_hit(heatmap: np.ndarray, shape: tuple[int, ...], boxes: Sequence[Box]) -> bool | None:
+    """Pointing-game verdict of a heat map (any size) on an image of `shape` with `boxes`; None without boxes."""
+    from mura_core.explain.cams import resize_heatmap
+    from mura_core.explain.localization import pointing_game_hit
+
+    if not boxes:
+        return None
+    return pointing_game_hit(resize_heatmap(heatmap, tuple(shape[:2])), boxes)
+
+
+def scaled_view(view: Any, target: str = "abnormal", scale: str = "own") -> Any:
+    """A shallow copy of a scored view whose heat map is on `scale` (`scaled_heatmap`); the cached view is untouched."""
+    heatmap = getattr(view, "heatmap", None)
+    if heatmap is None or scale == "own":
+        return view
+    return dataclasses.replace(view, heatmap=scaled_heatmap(heatmap, view.probability, target, scale))

@@ -283,6 +283,10 @@ class _Scoring:
     distances: dict[str, list[float | None]]
     centre: list[bool] = field(default_factory=list)
     chance: list[float] = field(default_factory=list)
+    energies: dict[str, list[float | None]] = field(default_factory=dict)
+    """Per method, each boxed image's share of heat-map energy inside its boxes."""
+    area: list[float] = field(default_factory=list)
+    """Per boxed image, the boxes' area fraction (a uniform map's energy share)."""
     boxed_rows: list[int] = field(default_factory=list)
     """The row index of each boxed image, in the order of the lists above."""
 
@@ -291,19 +295,21 @@ class _Scoring:
         idx = [k for k, r in enumerate(self.boxed_rows) if r in keep]
         return _Scoring({m: [d[k] for k in idx] for m, d in self.distances.items()},
                         [self.centre[k] for k in idx], [self.chance[k] for k in idx],
-                        [self.boxed_rows[k] for k in idx])
+                        {m: [e[k] for k in idx] for m, e in self.energies.items()},
+                        [self.area[k] for k in idx], [self.boxed_rows[k] for k in idx])
 
 
 def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any]], configs: Sequence[Any],
                  methods: list[str], scoring: _Scoring, tolerance: float, tta: bool) -> None:
     """Score images with finding boxes and measure each method's heat-map peak against the boxes."""
-    from mura_core.explain.localization import centre_hit, covered_fraction, peak_distance
+    from mura_core.explain.localization import centre_hit, covered_fraction, energy_share, peak_distance
 
     prob, maps = predictor.run_batches_many(_stack(items, configs), methods, tta=tta)
     for method in methods:
         for j, it in enumerate(items):
             heat = predictor.combine_maps(maps[method], j, it["shape"])
             scoring.distances[method].append(peak_distance(heat, rows[it["index"]].boxes))
+            scoring.energies.setdefault(method, []).append(energy_share(heat, rows[it["index"]].boxes))
     for it, p in zip(items, prob):
         row = rows[it["index"]]
         row.probability = float(p)
@@ -311,6 +317,7 @@ def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any
             h, w = it["shape"]
             scoring.centre.append(centre_hit(row.boxes, h, w, tolerance))
             scoring.chance.append(covered_fraction(row.boxes, h, w, tolerance))
+            scoring.area.append(covered_fraction(row.boxes, h, w, 0.0))
             scoring.boxed_rows.append(it["index"])
 
 
@@ -370,8 +377,11 @@ def pointing_game_report(rows: Sequence[ImageRow], methods: Sequence[str], scori
         "methods": {m: pointing_game_summary([None if d is None else d <= tolerance + 1e-9
                                               for d in scoring.distances[m]],
                                              centre_hits=scoring.centre, random_chance=scoring.chance,
-                                             tolerance=tolerance)
+                                             tolerance=tolerance, energies=scoring.energies.get(m),
+                                             area_fractions=scoring.area)
                     for m in methods},
+        "energy_description": "energy_share: mean share of the heat map's mass inside the boxes; "
+                              "energy_baseline: the same for a uniform map (the boxes' area fraction)",
         "hit_rate_by_tolerance_px": {m: hit_rates_by_tolerance(scoring.distances[m], tolerances) for m in methods},
     }
 

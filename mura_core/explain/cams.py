@@ -12,8 +12,14 @@ target layer); `explain_many` gives several methods from that one pass. Methods 
   `ArchSpec.cam_target_layer(model)`; `ArchSpec.reshape_transform` turns transformer tokens into maps.
 - ``eigencam``: first principal component of the target activations (class-agnostic; the sign is
   chosen so the map agrees with the channel-summed activation).
+- ``layercam-fused`` (the default, `DEFAULT_CAM`) and ``gradcam-fused``: pytorch-grad-cam's LayerCAM /
+  Grad-CAM over several stages (`fusion_layers`: the target layer plus the last block at each finer
+  resolution, `FUSION_DEPTH` resolutions), each map ReLU'd and min-maxed, then averaged by the library.
+  For EfficientNet-Lite0 at 224 px that adds a 14x14 map to the 7x7 one. One full backward (weights
+  frozen for it, so no weight gradients); a fine map for hairline findings a 7x7 grid cannot place.
 - ``scorecam``, ``ablationcam``: delegated to pytorch-grad-cam; they run hundreds to thousands of
-  extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default.
+  extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default
+  (`explain.slow` adds an estimate, progress, cancel and a one-at-a-time gate).
 
 Target: ``"abnormal"`` explains the abnormal logit (pytorch-grad-cam's ``BinaryClassifierOutputTarget(1)``),
 ``"normal"`` its negation (``BinaryClassifierOutputTarget(0)``).
@@ -56,7 +62,9 @@ __all__ = [
     "FALLBACK_CAM",
     "OFFERED_COLORMAPS",
     "COLORMAPS",
+    "FUSION_DEPTH",
     "GRADIENT_METHODS",
+    "MULTILAYER_METHODS",
     "SLOW_METHODS",
     "TARGETS",
     "ExplainError",
@@ -64,6 +72,7 @@ __all__ = [
     "default_method",
     "explain_batch",
     "explain_many",
+    "fusion_layers",
     "heatmap_peak",
     "model_lock",
     "normalise_map",
@@ -79,8 +88,11 @@ class CamMethod:
     name: str
     family: str
     """'classic' (forward only), 'gradient' (one backward to the target layer), 'eigen' (activations
-    only) or 'perturbation' (pytorch-grad-cam: many extra forwards)."""
+    only), 'multilayer' (pytorch-grad-cam over several stages: one full backward) or 'perturbation'
+    (pytorch-grad-cam: many extra forwards)."""
     description: str
+    default: bool = False
+    """The app's and evaluate's default map (exactly one row; see `DEFAULT_CAM`)."""
 
     @property
     def slow(self) -> bool:
@@ -96,6 +108,11 @@ CAM_TABLE: tuple[CamMethod, ...] = (
     CamMethod("xgradcam", "gradient", "XGrad-CAM: activation-normalised gradient weights"),
     CamMethod("layercam", "gradient", "LayerCAM: positive gradient times activation"),
     CamMethod("eigencam", "eigen", "Eigen-CAM: first principal component of the activations"),
+    CamMethod("layercam-fused", "multilayer",
+              "LayerCAM fused over the last 2 resolutions (pytorch-grad-cam): finer than one 7x7 map",
+              default=True),
+    CamMethod("gradcam-fused", "multilayer",
+              "Grad-CAM fused over the last 2 resolutions (pytorch-grad-cam)"),
     CamMethod("scorecam", "perturbation", "Score-CAM (pytorch-grad-cam)"),
     CamMethod("ablationcam", "perturbation", "Ablation-CAM (pytorch-grad-cam)"),
 )
@@ -107,11 +124,19 @@ CAM_METHODS: tuple[str, ...] = tuple(m.name for m in CAM_TABLE)
 GRADIENT_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.family == "gradient")
 """Methods that need d(target logit)/d(activations): one extra backward through the head."""
 
+MULTILAYER_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.family == "multilayer")
+"""Methods fused from several stages (`fusion_layers`): finer maps at the cost of a full backward."""
+
+FUSION_DEPTH = 2
+"""How many resolutions the fused methods combine: the target layer's plus the next finer ones
+(2 for EfficientNet-Lite0 at 224 px: 7x7 and 14x14; 3 and 4 measured no better, see HEATMAP_NOTES.md)."""
+
 SLOW_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.slow)
 """Methods that run many extra forward passes per image (minutes on a CPU for a DenseNet)."""
 
-DEFAULT_CAM = "cam"
-"""The default method where the head allows it (forward only, cheapest)."""
+DEFAULT_CAM: str = next(m.name for m in CAM_TABLE if m.default)
+"""The default method (the `CAM_TABLE` row marked default): LayerCAM fused over the last two
+resolutions, which pointed at findings far more often than classic CAM (HEATMAP_NOTES.md)."""
 
 FALLBACK_CAM = "gradcam"
 """The default method for every other architecture (works on all of them)."""
@@ -154,7 +179,7 @@ def supports_method(model: nn.Module, arch_spec: Any, method: str) -> bool:
 
 
 def default_method(model: nn.Module, arch_spec: Any) -> str:
-    """`DEFAULT_CAM` (``"cam"``) where the head allows it (forward only, cheapest), else ``"gradcam"``."""
+    """`DEFAULT_CAM` where the model supports it, else ``"gradcam"`` (works on every architecture)."""
     return DEFAULT_CAM if supports_method(model, arch_spec, DEFAULT_CAM) else FALLBACK_CAM
 
 
@@ -379,6 +404,107 @@ def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str
     return np.asarray(maps, dtype=np.float32), logits
 
 
+def _stage_list(model: nn.Module) -> nn.Module | None:
+    """The model's longest ModuleList / Sequential: its children are the network's stages or blocks."""
+    lists = [m for m in model.modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 1]
+    return max(lists, key=len, default=None)
+
+
+_FUSION_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], list[nn.Module]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def fusion_layers(model: nn.Module, arch_spec: Any, inputs: torch.Tensor,
+                  depth: int = FUSION_DEPTH) -> list[nn.Module]:
+    """The layers a fused method combines: the CAM target layer, then the last block at each finer resolution.
+
+    The blocks are the children of the model's longest ModuleList/Sequential (EfficientNet's ``_blocks``,
+    a DenseNet's ``features``); one probe forward (cached per model and input size) finds each block's
+    output resolution. For EfficientNet-Lite0 at 224 px: ``_head_act`` (7x7), ``_blocks[10]`` (14x14),
+    then (depth 3) ``_blocks[4]`` (28x28).
+    """
+    key = (int(inputs.shape[-2]), int(inputs.shape[-1]), int(depth))
+    cached = _FUSION_CACHE.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    target = arch_spec.cam_target_layer(model)
+    stages = _stage_list(model)
+    children = list(stages.children()) if stages is not None else []
+    reshape = _maps_only(arch_spec.reshape_transform)
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def recorder(i: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, _in: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                out = reshape(out) if reshape is not None else out
+                if out.ndim == 4:
+                    sizes[i] = (int(out.shape[-2]), int(out.shape[-1]))
+        return hook
+
+    handles = [target.register_forward_hook(recorder(-1))]
+    handles += [child.register_forward_hook(recorder(i)) for i, child in enumerate(children)]
+    try:
+        with torch.inference_mode():
+            model(inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    target_area = sizes[-1][0] * sizes[-1][1] if -1 in sizes else 0
+    last_at: dict[tuple[int, int], int] = {}
+    for i, hw in sorted(sizes.items()):
+        if i >= 0 and hw[0] * hw[1] > target_area:
+            last_at[hw] = i  # the last block that outputs each resolution finer than the target's
+    finer = sorted(last_at.items(), key=lambda kv: kv[0][0] * kv[0][1])  # coarse -> fine
+    layers: list[nn.Module] = [target] + [children[i] for _hw, i in finer[:max(0, depth - 1)]]
+    cached[key] = layers
+    return layers
+
+
+def _maps_only(reshape: Callable[[torch.Tensor], torch.Tensor] | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The arch's token reshape applied to token outputs only (fused layers mix tokens and conv maps)."""
+    if reshape is None:
+        return None
+    return lambda t: t if t.ndim == 4 else reshape(t)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters without gradients for the block (restored after): the backward skips weight gradients."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _library_fused(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str,
+                   target: str) -> tuple[np.ndarray, torch.Tensor]:
+    """LayerCAM / Grad-CAM over `fusion_layers` through pytorch-grad-cam (per-layer ReLU + min-max, mean)."""
+    from pytorch_grad_cam import GradCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    cls = LayerCAM if method == "layercam-fused" else GradCAM
+    category = 1 if target == "abnormal" else 0
+    targets = [BinaryClassifierOutputTarget(category) for _ in range(inputs.shape[0])]
+    layers = fusion_layers(model, arch_spec, inputs, FUSION_DEPTH)
+    previous = torch.is_grad_enabled()
+    with torch.inference_mode(False), _frozen(model):
+        torch.set_grad_enabled(True)
+        x = inputs.detach().clone()
+        cam = cls(model=model, target_layers=layers, reshape_transform=_maps_only(arch_spec.reshape_transform))
+        cam.compute_input_gradient = True  # the graph starts at the input: no weight gradients needed
+        try:
+            maps = cam(input_tensor=x, targets=targets)
+            logits = cam.outputs.detach()
+        finally:
+            cam.activations_and_grads.release()
+            torch.set_grad_enabled(previous)
+    return np.asarray(maps, dtype=np.float32), logits
+
+
 def _logits_np(logits: torch.Tensor) -> np.ndarray:
     return logits.float().reshape(-1).cpu().numpy()
 
@@ -414,7 +540,7 @@ def explain_many(
     logits: np.ndarray | None = None
     with model_lock(model):
         layer = arch_spec.cam_target_layer(model)
-        shared = [m for m in methods if m not in SLOW_METHODS]
+        shared = [m for m in methods if m not in SLOW_METHODS and m not in MULTILAYER_METHODS]
         if "cam" in shared:
             feature_layer, weight = arch_spec.classic_cam(model)
             if feature_layer is not layer or arch_spec.reshape_transform is not None:
@@ -432,6 +558,11 @@ def explain_many(
                 raw = (_classic_raw(acts, arch_spec.classic_cam(model)[1], target) if method == "cam"
                        else _weighted_maps(method, acts, grads))
                 out[method] = _to_input_size(raw, size)
+        for method in (m for m in methods if m in MULTILAYER_METHODS):
+            maps, raw_logits = _library_fused(model, arch_spec, inputs, method, target)
+            out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
+            if logits is None:
+                logits = _logits_np(raw_logits)
         for method in (m for m in methods if m in SLOW_METHODS):
             maps, raw_logits = _library(model, arch_spec, inputs, method, target)
             out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])

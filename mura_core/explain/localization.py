@@ -11,6 +11,10 @@ pixels (they used 15 px). Here:
   is at most `tolerance` (0 = strictly inside or on the edge). Default `DEFAULT_TOLERANCE_PX` = 15;
 - a flat map (no maximum) is a miss; an image without boxes is not counted (None).
 
+Energy-based pointing game (Wang et al. 2020, Score-CAM): `energy_share` is the share of the heat
+map's total mass that falls inside the boxes (tolerance 0); a uniform map scores the boxes' area
+fraction (`covered_fraction(..., tolerance=0)`), its baseline.
+
 `pointing_game_summary` reports the hit rate with a Wilson 95 % interval and two baselines that make
 the number interpretable: the hit rate of always pointing at the image centre, and the expected hit
 rate of a uniformly random point (the mean fraction of the image covered by the tolerance-grown boxes).
@@ -37,6 +41,7 @@ __all__ = [
     "box_distance",
     "centre_hit",
     "covered_fraction",
+    "energy_share",
     "hit_rates_by_tolerance",
     "peak_distance",
     "pointing_game_hit",
@@ -129,6 +134,35 @@ def covered_fraction(boxes: Iterable[Box], height: int, width: int,
     return float(covered.mean()) if covered.size else 0.0
 
 
+def _box_mask(boxes: Iterable[Box], height: int, width: int) -> np.ndarray:
+    """Pixels whose centre lies inside any box (boxes in 0..1 of width/height)."""
+    ys = (np.arange(height) + 0.5)[:, None]
+    xs = (np.arange(width) + 0.5)[None, :]
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        bx0, by0, bx1, by1 = _pixel_box(box, height, width)
+        mask |= (xs >= bx0) & (xs <= bx1) & (ys >= by0) & (ys <= by1)
+    return mask
+
+
+def energy_share(heatmap: np.ndarray, boxes: Iterable[Box]) -> float | None:
+    """Share of the heat map's mass (negative values clipped) inside the boxes: 0..1.
+
+    None without boxes; 0.0 for an all-zero map (it puts no energy anywhere, so none on the finding).
+    """
+    boxes = [tuple(b) for b in boxes]
+    if not boxes:
+        return None
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if h.ndim != 2 or h.size == 0:
+        raise ValueError(f"energy share needs a 2-D heat map, got shape {h.shape}")
+    h = np.maximum(h, 0.0)
+    total = float(h.sum())
+    if total <= 0.0:
+        return 0.0
+    return float(h[_box_mask(boxes, *h.shape)].sum() / total)
+
+
 def wilson_interval(hits: int, n: int, confidence: float = 0.95) -> list[float] | None:
     """Wilson score interval for a proportion (None when n == 0)."""
     if n <= 0:
@@ -145,11 +179,15 @@ def wilson_interval(hits: int, n: int, confidence: float = 0.95) -> list[float] 
 
 def pointing_game_summary(hits: Sequence[bool | None], *, centre_hits: Sequence[bool] | None = None,
                           random_chance: Sequence[float] | None = None,
-                          tolerance: float = DEFAULT_TOLERANCE_PX) -> dict[str, Any]:
+                          tolerance: float = DEFAULT_TOLERANCE_PX,
+                          energies: Sequence[float | None] | None = None,
+                          area_fractions: Sequence[float] | None = None) -> dict[str, Any]:
     """Aggregate per-image hits (None = no boxes, skipped) into a JSON-safe summary.
 
     Returns ``{"n", "hits", "hit_rate", "ci95", "tolerance_px", "centre_baseline", "random_baseline"}``;
-    rates are None when no image counted.
+    rates are None when no image counted. With `energies` (per-image `energy_share`) it adds
+    ``"energy_share"`` (their mean) and with `area_fractions` (box area / image area) the uniform map's
+    ``"energy_baseline"``.
     """
     counted = [bool(h) for h in hits if h is not None]
     n, k = len(counted), sum(counted)
@@ -157,4 +195,9 @@ def pointing_game_summary(hits: Sequence[bool | None], *, centre_hits: Sequence[
                            "ci95": wilson_interval(k, n), "tolerance_px": float(tolerance)}
     out["centre_baseline"] = (sum(map(bool, centre_hits)) / len(centre_hits)) if centre_hits else None
     out["random_baseline"] = float(np.mean(random_chance)) if random_chance else None
+    if energies is not None:
+        kept = [float(e) for e in energies if e is not None]
+        out["energy_share"] = float(np.mean(kept)) if kept else None
+    if area_fractions is not None:
+        out["energy_baseline"] = float(np.mean(area_fractions)) if len(area_fractions) else None
     return out

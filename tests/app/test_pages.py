@@ -27,7 +27,8 @@ def test_home_explains_tool_model_and_device(app: AppTest):
     assert app.selectbox(key="sidebar_model").value == TINY_NAME
     assert len(app.main.get("page_link")) == 5                 # Home's links: every page but Home
     assert [link.proto.label for link in app.sidebar.get("page_link")] == [
-        "Home", "Study viewer", "Dataset browser", "Worklist", "Validation", "Model card"]   # the app's own navigation
+        "Home", "Study viewer", "Compare heat maps", "Dataset browser", "Worklist", "Validation",
+        "Model card"]                                           # the app's own navigation
 
 
 def test_validation_page_renders_matrices_and_moves_with_slider(app: AppTest):

@@ -109,3 +109,21 @@ def test_figures_build():
     assert len(mean_pred) == len(frac) == 2 and frac == pytest.approx([1 / 3, 2 / 3])
     assert len(calibration_figure(PREDS).data) == 3
     assert calibration_points([StudyPrediction("a", "WRIST", 1, 0.5)]) is None
+
+
+def test_pointing_game_table_has_energy_and_baseline_rows():
+    from mura_core.app.validation import pointing_game_table
+
+    game = {"methods": {"cam": {"n": 10, "hits": 6, "hit_rate": 0.6, "ci95": [0.31, 0.83], "centre_baseline": 0.3,
+                                "random_baseline": 0.12, "energy_share": 0.2, "energy_baseline": 0.05},
+                        "layercam-fused": {"n": 10, "hits": 7, "hit_rate": 0.7, "ci95": [0.4, 0.9],
+                                           "centre_baseline": 0.3, "random_baseline": 0.12, "energy_share": 0.3}}}
+    rows = pointing_game_table({"pointing_game": game, "data": {"name": "bone-fracture-xr"}})
+    assert [r["method"] for r in rows] == ["cam", "layercam-fused", "baseline: image centre",
+                                           "baseline: random point / uniform map"]
+    assert {r["source"] for r in rows} == {"bone-fracture-xr"}
+    assert rows[0]["pointing game"] == "0.600 (0.310–0.830)" and rows[0]["energy share"] == 0.2
+    assert rows[2]["pointing game"] == "0.300" and rows[3]["energy share"] == 0.05
+    by_source = {"by_source": {"a": {"pointing_game": game}, "b": {"pointing_game": game}}}
+    assert {r["source"] for r in pointing_game_table(by_source)} == {"a", "b"}
+    assert pointing_game_table({}) == []

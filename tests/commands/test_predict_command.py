@@ -12,6 +12,7 @@ import torch
 from fixtures.score import grey_image, weights_folder, write_png
 
 from mura_core.commands import predict as predict_cli
+from mura_core.explain.cams import DEFAULT_CAM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +47,7 @@ def test_json_schema_with_one_corrupt_file(capsys, weights, study, tmp_path):
     assert code == 0
     data = json.loads(out)  # stdout is exactly one JSON object
     assert set(data) >= {"model", "study", "images"}
-    assert data["model"] == "tiny" and data["cam"] == "cam"
+    assert data["model"] == "tiny" and data["cam"] == DEFAULT_CAM
     s = data["study"]
     assert set(s) >= {"probability", "abnormal", "threshold", "body_part"}
     assert s["body_part"] == "WRIST" and s["threshold"] == 0.1

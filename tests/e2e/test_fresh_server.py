@@ -15,7 +15,7 @@ from .conftest import FIRST_LOAD_S, WIDGET_STATE_WARNING, streamlit_server
 
 pytestmark = pytest.mark.e2e
 
-LEGACY_NAMES = ("app", "home", "study viewer", "dataset browser", "validation", "model card")
+LEGACY_NAMES = ("app", "home", "study viewer", "compare maps", "dataset browser", "validation", "model card")
 """How Streamlit's legacy list names the scripts (file names, lower case, underscores as spaces)."""
 
 _SIDEBAR_STATE = """() => {
@@ -53,7 +53,8 @@ def test_fresh_server_deep_link_shows_only_the_apps_navigation(browser, e2e_weig
         for state in seen:
             assert state["legacy"] is None, f"Streamlit's page list appeared: {state['legacy']!r}"
             assert not [text for text in state["links"] if text in LEGACY_NAMES], state["links"]
-        assert seen[-1]["links"][:6] == ["Home", "Study viewer", "Dataset browser", "Worklist", "Validation",
+        assert seen[-1]["links"][:7] == ["Home", "Study viewer", "Compare heat maps", "Dataset browser", "Worklist",
+                                          "Validation",
                                          "Model card"]
 
         # widgets keep their values across pages without Streamlit's widget-state warning

@@ -80,3 +80,42 @@ def test_peak_distance_and_rates_by_tolerance():
     assert peak_distance(np.zeros((5, 5)), [(0, 0, 1, 1)]) == float("inf")
     rates = hit_rates_by_tolerance([0.0, 10.0, None, float("inf"), 40.0], [0, 15, 60])
     assert rates == {"0": 0.25, "15": 0.5, "60": 0.75}
+
+
+# ---------------------------------------------------------------- energy-based pointing game
+
+def test_energy_share_counts_mass_inside_boxes():
+    from mura_core.explain.localization import energy_share
+
+    h = np.zeros((10, 10), dtype=np.float32)
+    h[1, 1] = 3.0   # inside the box (0, 0, 0.3, 0.3)
+    h[8, 8] = 1.0   # outside
+    assert energy_share(h, [(0.0, 0.0, 0.3, 0.3)]) == pytest.approx(0.75)
+    assert energy_share(h, [(0.0, 0.0, 0.3, 0.3), (0.7, 0.7, 1.0, 1.0)]) == pytest.approx(1.0)
+    assert energy_share(h, []) is None
+    assert energy_share(np.zeros((4, 4)), [(0, 0, 1, 1)]) == 0.0
+
+
+def test_energy_share_of_uniform_map_is_box_area():
+    from mura_core.explain.localization import covered_fraction, energy_share
+
+    box = (0.1, 0.2, 0.6, 0.4)
+    assert energy_share(np.ones((50, 40)), [box]) == pytest.approx(covered_fraction([box], 50, 40, 0.0))
+    assert energy_share(np.ones((50, 40)), [box]) == pytest.approx(0.5 * 0.2, abs=0.02)
+
+
+def test_energy_share_ignores_negative_values():
+    from mura_core.explain.localization import energy_share
+
+    h = np.full((10, 10), -5.0)
+    h[0, 0] = 1.0
+    assert energy_share(h, [(0.0, 0.0, 0.1, 0.1)]) == pytest.approx(1.0)
+
+
+def test_summary_carries_energy_and_its_baseline():
+    from mura_core.explain.localization import pointing_game_summary
+
+    out = pointing_game_summary([True, False, None], energies=[0.5, 0.1, None], area_fractions=[0.2, 0.1])
+    assert out["n"] == 2 and out["energy_share"] == pytest.approx(0.3)
+    assert out["energy_baseline"] == pytest.approx(0.15)
+    assert "energy_share" not in pointing_game_summary([True])

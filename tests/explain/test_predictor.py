@@ -10,7 +10,7 @@ import torch
 from fixtures.score import grey_image, tiny_checkpoint, weights_folder, write_png
 
 from mura_core.models.checkpoints import load_checkpoint
-from mura_core.explain.cams import ExplainError
+from mura_core.explain.cams import DEFAULT_CAM, ExplainError
 from mura_core.explain.predictor import Predictor, StudyResult, study_probability
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import BodyPart, Study, View
@@ -90,7 +90,7 @@ def test_body_part_threshold_from_card(predictor, images):
 def test_unreadable_views_reported_rest_scored(predictor, images, tmp_path):
     views = _views(images[:2]) + [View("broken.png", data=b"nonsense"), View("gone.png", tmp_path / "gone.png")]
     result = predictor.predict_study(views, cam="auto")
-    assert result.cam == "cam"  # mobilenet_v2's pooled head allows classic CAM
+    assert result.cam == DEFAULT_CAM  # "auto" resolves to the CAM table's default
     assert [v.probability is None for v in result.views] == [False, False, True, True]
     errors = dict(result.errors)
     assert set(errors) == {"broken.png", "gone.png"}
@@ -144,8 +144,8 @@ def test_tta_averages_original_and_flipped(predictor, images):
 def test_default_cam_and_methods(ckpt_dir):
     mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
     shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu")
-    assert mob.default_cam == "cam" and "cam" in mob.cam_methods()
-    assert shallow.default_cam == "gradcam" and "cam" not in shallow.cam_methods()
+    assert mob.default_cam == DEFAULT_CAM and "cam" in mob.cam_methods()
+    assert shallow.default_cam == DEFAULT_CAM and "cam" not in shallow.cam_methods()
     with pytest.raises(ExplainError):
         shallow.predict_study([View("x", data=b"x")], cam="cam")
     with pytest.raises(ExplainError):
@@ -158,14 +158,14 @@ def test_ensemble_averages_members(ckpt_dir, images):
     ra = Predictor(a, device="cpu").predict_study(_views(images))
     rb = Predictor(b, device="cpu").predict_study(_views(images))
     r = ens.predict_study(_views(images), cam="auto")
-    assert r.cam == "auto"  # members differ: cam for mobilenet_v2, gradcam for shallow_cnn
+    assert r.cam == DEFAULT_CAM  # both members support the table's default
     for v, va, vb in zip(r.views, ra.views, rb.views):
         assert v.probability == pytest.approx((va.probability + vb.probability) / 2, abs=1e-5)
         assert v.heatmap.shape == v.image.shape and v.heatmap.max() == pytest.approx(1.0, abs=1e-3)
     assert ens.is_ensemble and ens.name == "mob+shallow"
     # thresholds: mean over keys shared by both members
     assert ens.thresholds == {"default": pytest.approx(0.45), "WRIST": pytest.approx(0.25)}
-    assert ens.default_cam == "gradcam"
+    assert ens.default_cam == DEFAULT_CAM
 
 
 def test_from_weights_index_and_ensemble(tmp_path, images):
