@@ -1,10 +1,8 @@
 """Decoded pixels -> model tensors, as in the MURA paper: resize to 320x320, grey copied to 3 channels,
 ImageNet mean/std. The size (and mean/std) is configurable per model through `PreprocessConfig`.
 
-Training augmentation (`train_augment`) is the paper's: random lateral (horizontal) flip and a random
-rotation of up to 30 degrees, seeded by a torch.Generator or a numpy Generator so runs are reproducible.
-Apply it to the 0..1 grey image (before normalisation), where the fill value 0 is black; for an already
-normalised tensor pass `config=` so the corners are filled with the normalised black.
+`normalise` is the one normalisation: serving (`to_model_input`) and the training batches
+(`mura_core.training`, whose augmentation lives in `training.augment`) share it.
 
 Usage:
     >>> x = to_model_input(decoded.pixels, PreprocessConfig(image_size=320))  # doctest: +SKIP
@@ -26,12 +24,11 @@ __all__ = [
     "resize_pixels",
     "to_model_input",
     "batch_inputs",
-    "train_augment",
+    "normalise",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-MAX_ROTATION_DEGREES = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,14 +70,23 @@ def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(array, (size, size), interpolation=interpolation)
 
 
+def normalise(grey: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(..., 1, S, S) grey 0..1 -> (..., 3, S, S): grey copied to 3 channels, normalised per channel.
+
+    The one normalisation of the project: serving (`to_model_input`) and training batches both use it.
+    """
+    shape = (3, 1, 1) if grey.ndim == 3 else (1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=grey.dtype, device=grey.device).view(shape)
+    s = torch.tensor(std, dtype=grey.dtype, device=grey.device).view(shape)
+    return (grey.expand(*grey.shape[:-3], 3, *grey.shape[-2:]) - m) / s
+
+
 def to_model_input(pixels: np.ndarray | torch.Tensor, config: PreprocessConfig = PreprocessConfig()
                    ) -> torch.Tensor:
     """A (3, S, S) float32 tensor: resized (squashed), grey copied to 3 channels, normalised."""
     resized = np.clip(resize_pixels(pixels, config.image_size), 0.0, 1.0)
     grey = torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
-    return (grey.unsqueeze(0).expand(3, -1, -1) - mean) / std
+    return normalise(grey.unsqueeze(0), config.mean, config.std)
 
 
 def batch_inputs(images: Sequence[np.ndarray | torch.Tensor], config: PreprocessConfig = PreprocessConfig()
@@ -89,39 +95,3 @@ def batch_inputs(images: Sequence[np.ndarray | torch.Tensor], config: Preprocess
     if len(images) == 0:
         return torch.empty((0, 3, config.image_size, config.image_size), dtype=torch.float32)
     return torch.stack([to_model_input(image, config) for image in images])
-
-
-def _draw(generator: torch.Generator | np.random.Generator | None) -> tuple[bool, float]:
-    """(flip?, angle in degrees) from the given random source."""
-    if isinstance(generator, np.random.Generator):
-        return bool(generator.random() < 0.5), float(generator.uniform(-1.0, 1.0))
-    flip = bool(torch.rand((), generator=generator).item() < 0.5)
-    return flip, float(torch.rand((), generator=generator).item() * 2.0 - 1.0)
-
-
-def train_augment(image: torch.Tensor | np.ndarray, generator: torch.Generator | np.random.Generator | None = None,
-                  *, max_degrees: float = MAX_ROTATION_DEGREES, config: PreprocessConfig | None = None
-                  ) -> torch.Tensor | np.ndarray:
-    """Random lateral flip (p = 0.5) and rotation in [-max_degrees, max_degrees], bilinear.
-
-    Accepts a (C, H, W) or (H, W) tensor, or a 2-D numpy array (returned as numpy). Corners uncovered
-    by the rotation are black: 0 for 0..1 pixels, or the normalised black of `config` when given.
-    """
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    as_numpy = isinstance(image, np.ndarray)
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)) if as_numpy else image
-    squeeze = tensor.ndim == 2
-    if squeeze:
-        tensor = tensor.unsqueeze(0)
-    flip, unit = _draw(generator)
-    if flip:
-        tensor = F.horizontal_flip(tensor)
-    fill: list[float] | float = 0.0
-    if config is not None:
-        fill = [(0.0 - m) / s for m, s in zip(config.mean, config.std)][: tensor.shape[0]]
-    tensor = F.rotate(tensor, unit * max_degrees, interpolation=InterpolationMode.BILINEAR, fill=fill)
-    if squeeze:
-        tensor = tensor[0]
-    return tensor.numpy() if as_numpy else tensor

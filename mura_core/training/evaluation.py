@@ -9,15 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mura_core.imaging.preprocess import normalise
+
 __all__ = ["normalise", "predict_logits", "predict_probs", "per_source_auc", "selection_score",
            "fit_temperature"]
-
-
-def normalise(grey: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(B, 1, S, S) 0..1 -> (B, 3, S, S) normalised (grey copied to 3 channels)."""
-    m = torch.tensor(mean, dtype=grey.dtype, device=grey.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=grey.dtype, device=grey.device).view(1, 3, 1, 1)
-    return (grey.expand(-1, 3, -1, -1) - m) / s
 
 
 def channels_last_on(device: torch.device) -> bool:
