@@ -21,11 +21,13 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     parser.description = ("Leave-one-source-out: for each --data source, train on the others (same recipe) "
                           "and evaluate on it; --out is a folder for the models, reports and loso.json.")
     parser.add_argument("--evaluate-split", default="valid", help="split of the held-out source to score")
+    parser.add_argument("--only", action="append", default=None,
+                        help="hold out only this source (folder name); repeatable (default: each in turn)")
     args = vars(parser.parse_args(list(argv) if argv is not None else None))
-    evaluate_split = args.pop("evaluate_split")
+    evaluate_split, only = args.pop("evaluate_split"), args.pop("only")
     out_dir = args["out"]
     try:
-        summary = leave_one_source_out(TrainConfig(**args), out_dir, evaluate_split=evaluate_split)
+        summary = leave_one_source_out(TrainConfig(**args), out_dir, evaluate_split=evaluate_split, only=only)
     except (ValueError, CheckpointError, RuntimeError) as exc:
         print(f"loso: error: {exc}", file=sys.stderr)
         return 2

@@ -29,11 +29,12 @@ def _held_out_summary(held_out: str, trained_on: list[str], report: dict[str, An
 
 
 def leave_one_source_out(config: TrainConfig, out_dir: str | Path, *, evaluate_split: str = "valid",
-                         n_bootstrap: int = 1000) -> dict[str, Any]:
+                         n_bootstrap: int = 1000, only: list[str] | None = None) -> dict[str, Any]:
     """Train one model per held-out source (recipe from `config`, its `out` ignored) and evaluate it there.
 
     Writes ``without_<source>.pt`` (+ card), ``without_<source>.report/`` and ``loso.json`` into `out_dir`;
-    returns the loso.json content.
+    returns the loso.json content. Resumable: a held-out source whose checkpoint and report already exist
+    is not trained again. `only` restricts the held-out sources (by folder name).
     """
     from mura_core.evaluation.evaluate import evaluate_dataset
     from mura_core.training.loop import train
@@ -43,16 +44,24 @@ def leave_one_source_out(config: TrainConfig, out_dir: str | Path, *, evaluate_s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
+    unknown = set(only or []) - {source_name(d) for d in config.data}
+    if unknown:
+        raise ValueError(f"--only names no --data source: {', '.join(sorted(unknown))}")
     for held in config.data:
         name = source_name(held)
+        if only and name not in only:
+            continue
         rest = [d for d in config.data if d != held]
         checkpoint = out_dir / f"without_{name}.pt"
-        run_config = replace(config, data=rest, out=str(checkpoint), name=f"without_{name}", register=False,
-                             default=False, resume=False, last=None)
-        train(run_config)
         report_dir = out_dir / f"without_{name}.report"
-        report = evaluate_dataset(held, split=evaluate_split, weights=str(checkpoint), cam=None, out=report_dir,
-                                  n_bootstrap=n_bootstrap, progress=config.progress)
+        if not checkpoint.is_file():
+            train(replace(config, data=rest, out=str(checkpoint), name=f"without_{name}", register=False,
+                          default=False, resume=False, last=None))
+        if (report_dir / "report.json").is_file():
+            report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+        else:
+            report = evaluate_dataset(held, split=evaluate_split, weights=str(checkpoint), cam=None,
+                                      out=report_dir, n_bootstrap=n_bootstrap, progress=config.progress)
         runs.append(_held_out_summary(name, [source_name(d) for d in rest], report, checkpoint, report_dir))
     summary = {"description": "each source held out in turn: trained on the others with the same recipe, "
                               f"scored on the held-out source's '{evaluate_split}' split (in-scope images)",

@@ -174,3 +174,9 @@ def test_leave_one_source_out_scores_each_source_with_a_model_that_never_saw_it(
         report = json.loads((tmp_path / run["report"] / "report.json").read_text())
         assert list(report["by_source"]) == [run["held_out"]]
     assert loso_main(["--data", str(tiny_data), "--arch", "shallow_cnn", "--out", str(tmp_path / "x")]) == 2
+    # resumable: existing checkpoints and reports are reused, --only restricts the held-out sources
+    before = (tmp_path / "without_data.pt").stat().st_mtime
+    assert loso_main(["--data", str(tiny_data), "--data", str(second_source), "--arch", "shallow_cnn",
+                      "--image-size", "32", "--no-progress", "--only", "data", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "without_data.pt").stat().st_mtime == before
+    assert [r["held_out"] for r in json.loads((tmp_path / "loso.json").read_text())["runs"]] == ["data"]
