@@ -531,3 +531,15 @@ def triage_study(model: str, study: Study, result: Any) -> Any:
         hit = run_triage(get_predictor(model), result)
         cache.put(key, hit)
     return hit
+
+
+def heads_report_markdown(name: str | None) -> str:
+    """The `fit-heads` report (scope check rates, body-part accuracy) of a model's checkpoint(s), or ''."""
+    if name is None:
+        return ""
+    parts = []
+    for loaded in loaded_models(name):
+        report = Path(loaded.path).with_name(f"{Path(loaded.path).stem}.heads.md")
+        if report.is_file():
+            parts.append(report.read_text())
+    return "\n\n".join(parts)
