@@ -19,4 +19,6 @@ except Exception as exc:  # a message, never a traceback
     st.error(f"The model card of {model!r} could not be read: {exc}")
     st.stop()
 st.markdown(markdown)
+if services.heads_report_markdown(model):
+    st.markdown(services.heads_report_markdown(model))
 st.info(DISCLAIMER, icon=":material/info:")

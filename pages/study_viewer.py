@@ -93,7 +93,8 @@ except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
 triage = services.triage_study(model, study, result)
-if remember_suggestion(triage.suggestion):
+data_part = linked.study.body_part if linked.study is not None else BodyPart.UNKNOWN
+if remember_suggestion(triage.suggestion if data_part == BodyPart.UNKNOWN else None):  # the data's own part wins
     st.rerun()  # the sidebar's body-part picker (drawn above) shows the suggestion
 if suggestion_caption():
     st.sidebar.caption(suggestion_caption())

@@ -712,3 +712,15 @@ def sanity_maps(model: str, image_key: str, target: str, level: float, methods: 
     result = sanity_check(member.model, member.spec, x, list(methods), level=level, target=target,
                           trained_maps=trained)
     return {m: (r.randomised, r.similarity) for m, r in result.items()}
+
+
+def heads_report_markdown(name: str | None) -> str:
+    """The `fit-heads` report (scope check rates, body-part accuracy) of a model's checkpoint(s), or ''."""
+    if name is None:
+        return ""
+    parts = []
+    for loaded in loaded_models(name):
+        report = Path(loaded.path).with_name(f"{Path(loaded.path).stem}.heads.md")
+        if report.is_file():
+            parts.append(report.read_text())
+    return "\n\n".join(parts)

@@ -47,7 +47,8 @@ def _from_tags(metas: Sequence[Any]) -> BodyPartSuggestion | None:
 
 def suggest_body_part(heads: Any | None, features: np.ndarray | None, metas: Sequence[Any],
                       use: Sequence[bool] | None = None) -> BodyPartSuggestion | None:
-    """DICOM BodyPartExamined (a MURA part) when present, else the head's pick over the views in `use`."""
+    """DICOM BodyPartExamined (a MURA part) when present, else the head's pick over the views in `use`
+    (the in-scope ones); None when no view may be used."""
     tagged = _from_tags(metas)
     if tagged is not None:
         return tagged
@@ -55,7 +56,7 @@ def suggest_body_part(heads: Any | None, features: np.ndarray | None, metas: Seq
         return None
     rows = np.asarray(use if use is not None else [True] * len(features), dtype=bool)
     if not rows.any():
-        rows = np.ones(len(features), dtype=bool)
+        return None  # no view is an upper-limb radiograph: nothing to name
     probs = heads.parts(features[rows]).mean(axis=0)
     best = int(np.argmax(probs))
     return BodyPartSuggestion(heads.part_classes[best], float(probs[best]), "image")

@@ -129,6 +129,8 @@ def _cached_features(items: Sequence[Item], extract: Callable[[list[np.ndarray]]
         cache.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(known)
         np.savez(cache, keys=np.asarray(keys, dtype=np.str_), features=np.stack([known[k] for k in keys]))
+    if not known:
+        raise ValueError("no image could be read; nothing to fit")
     dim = next(iter(known.values())).shape[0]
     rows = [known.get(it.key, np.zeros(dim, np.float32)) for it in items]
     return np.stack(rows).astype(np.float64), [it.key in known for it in items]

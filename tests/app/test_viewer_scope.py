@@ -76,3 +76,13 @@ def test_dicom_body_part_tag_wins_over_the_image(tmp_path, monkeypatch) -> None:
     assert at.selectbox(key="viewer_part").value == "ELBOW"
     assert any("DICOM tag BodyPartExamined: **elbow** (100%)" in c.value for c in at.sidebar.caption)
     assert _metrics(at)["Body part"] == "ELBOW"
+
+
+def test_model_card_page_shows_the_fit_heads_report(tmp_path, monkeypatch) -> None:
+    weights = build_tiny_weights(tmp_path / "w")
+    (weights / "tiny_cnn.heads.md").write_text("### Scope check and body-part suggestion (tiny_cnn)\n\n"
+                                               "| held-out category | images | called out of scope |\n")
+    at = start_app(weights, monkeypatch)
+    at.switch_page("pages/model_card.py").run()
+    assert not at.exception, at.exception
+    assert any("Scope check and body-part suggestion (tiny_cnn)" in m.value for m in at.markdown)

@@ -98,6 +98,7 @@ def test_body_part_dicom_tag_wins_over_image() -> None:
     region = suggest_body_part(constant_heads(4, SHA, part="HAND_WRIST_FOREARM"), feats, [None, None])
     assert region.part == "HAND_WRIST_FOREARM" and not region.is_mura_part
     assert suggest_body_part(None, None, [None]) is None
+    assert suggest_body_part(heads, feats, [None, None], use=[False, False]) is None   # all out of scope
 
 
 def _result(probs: list[float]) -> StudyResult:

@@ -27,7 +27,9 @@ from mura_core.models.registry import get_arch
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
-PER_GROUP = 12
+PER_GROUP = 20
+MIN_LOWER_LIMB_FLAGGED = 0.5
+"""Measured 99% (lite0 in multi-source training) and 75% (hybrid, trained on bone-fracture-xr only)."""
 
 
 def _checkpoints() -> list[Path]:
@@ -83,7 +85,7 @@ def test_generated_non_radiographs_are_flagged(scope_of) -> None:
 def test_lower_limb_radiographs_are_flagged(scope_of) -> None:
     views = _held_out("FracAtlas", {BodyPart.LEG, BodyPart.HIP})
     flagged = scope_of([decode_view(v).pixels for v in views])
-    assert flagged.mean() >= 0.6, flagged
+    assert flagged.mean() >= MIN_LOWER_LIMB_FLAGGED, flagged
 
 
 def test_upper_limb_radiographs_pass(scope_of) -> None:
