@@ -47,12 +47,26 @@ if linked.study is not None:
 else:
     upload = st.file_uploader("One radiograph (PNG, JPEG or DICOM)", key="compare_upload",
                               help="Kept in memory only; nothing is written to disk.")
+    examples = services.boxed_examples() if upload is None else []
+    example = None
+    if examples:
+        labels = ["—"] + [v.name for v in examples]
+        pick = st.selectbox("…or an abnormal example with a ground-truth box (from the data folder)", labels,
+                            key="compare_example")
+        example = examples[labels.index(pick) - 1] if pick != "—" else None
     if upload is not None:
         name = upload.name
         try:
             image, key = services.decode_for_compare(upload.name, upload.getvalue())
         except Exception as exc:
             st.error(f"{upload.name} could not be read: {exc}")
+    elif example is not None:
+        name, boxes = example.name, example.boxes
+        try:
+            image, key = services.decode_for_compare(example.name, example.data,
+                                                     str(example.path) if example.path else None)
+        except Exception as exc:
+            st.error(f"{example.name} could not be read: {exc}")
 if image is None or key is None:
     st.markdown("Upload a radiograph above, or open a study from the **Dataset browser** and come here.")
     st.caption(DISCLAIMER)

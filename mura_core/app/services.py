@@ -72,6 +72,7 @@ __all__ = [
     "sanity_maps",
     "slow_estimate",
     "slow_map",
+    "boxed_examples",
 ]
 
 MODEL_KEY = "model_name"
@@ -724,3 +725,17 @@ def heads_report_markdown(name: str | None) -> str:
         if report.is_file():
             parts.append(report.read_text())
     return "\n\n".join(parts)
+
+
+def boxed_examples(limit: int = 40) -> list[View]:
+    """Abnormal views with finding boxes from the default data folder (valid split first), for teaching;
+    [] when no data folder is configured or it cannot be read."""
+    root = default_data_root()
+    if root is None:
+        return []
+    try:
+        index = open_dataset_cached(str(Path(root).expanduser().resolve()))
+    except Exception:
+        return []
+    studies = sorted(index.studies, key=lambda s: s.split != "valid")
+    return [v for s in studies if s.label == 1 for v in s.views if v.boxes][:limit]

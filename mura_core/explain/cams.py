@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "SLOW_METHODS",
     "TARGETS",
     "ExplainError",
+    "SlowBusy",
     "available_methods",
     "default_method",
     "explain_batch",
@@ -161,6 +163,14 @@ _EPS = 1e-7
 
 class ExplainError(ValueError):
     """An unknown method or target, or a method the architecture cannot support."""
+
+
+class SlowBusy(ExplainError):
+    """Another slow heat map (ScoreCAM / AblationCAM) is running in this process: one at a time."""
+
+
+_SLOW_GATE = threading.BoundedSemaphore(1)
+"""One slow heat map per process, so one session cannot starve the others on a 2-core server."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,15 +403,35 @@ def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str
     cls = ScoreCAM if method == "scorecam" else AblationCAM
     category = 1 if target == "abnormal" else 0
     targets = [BinaryClassifierOutputTarget(category) for _ in range(inputs.shape[0])]
-    cam = cls(model=model, target_layers=[arch_spec.cam_target_layer(model)],
-              reshape_transform=arch_spec.reshape_transform)
+    if not _SLOW_GATE.acquire(blocking=False):
+        raise SlowBusy(f"another slow heat map is running on this server; try {method} again when it has "
+                       "finished, or pick a fast method")
     try:
-        cam.batch_size = 64
-        maps = cam(input_tensor=inputs, targets=targets)
-        logits = cam.outputs.detach()
+        cam = cls(model=model, target_layers=[arch_spec.cam_target_layer(model)],
+                  reshape_transform=arch_spec.reshape_transform)
+        try:
+            cam.batch_size = 64
+            with _quiet_progress_bars():
+                maps = cam(input_tensor=inputs, targets=targets)
+            logits = cam.outputs.detach()
+        finally:
+            cam.activations_and_grads.release()
     finally:
-        cam.activations_and_grads.release()
+        _SLOW_GATE.release()
     return np.asarray(maps, dtype=np.float32), logits
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """pytorch-grad-cam's ScoreCAM/AblationCAM tqdm bars disabled (they would print into the server log)."""
+    import tqdm as tqdm_module  # the library calls tqdm.tqdm(...) through the module at run time
+
+    original = tqdm_module.tqdm
+    tqdm_module.tqdm = lambda *a, **k: original(*a, **{**k, "disable": True})
+    try:
+        yield
+    finally:
+        tqdm_module.tqdm = original
 
 
 def _stage_list(model: nn.Module) -> nn.Module | None:
@@ -563,11 +593,15 @@ def explain_many(
             out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
             if logits is None:
                 logits = _logits_np(raw_logits)
-        for method in (m for m in methods if m in SLOW_METHODS):
-            maps, raw_logits = _library(model, arch_spec, inputs, method, target)
-            out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
-            if logits is None:
-                logits = _logits_np(raw_logits)
+        slow = [m for m in methods if m in SLOW_METHODS]
+        private = copy.deepcopy(model) if slow else None
+    # Slow methods run on a private copy, outside the model's lock: minutes of ScoreCAM must not hold
+    # up other sessions' scoring on the shared model (the gate in `_library` allows one at a time).
+    for method in slow:
+        maps, raw_logits = _library(private, arch_spec, inputs, method, target)
+        out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
+        if logits is None:
+            logits = _logits_np(raw_logits)
     return {m: out[m] for m in methods}, logits
 
 

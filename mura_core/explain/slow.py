@@ -7,33 +7,25 @@ batches (`cams._library` uses batches of 64, as fast as pytorch-grad-cam allows 
 - `run_slow` counts the forwards as they happen (a forward pre-hook on the model) and reports the
   fraction done to `progress`; the callback may raise to cancel (Streamlit's stop on a rerun does),
   and `cancel` (a threading.Event) stops the run at the next batch;
-- a process-wide gate lets ONE slow run at a time, so one session cannot starve the others on a
-  2-core server; a second request gets `SlowBusy` at once instead of queueing;
-- pytorch-grad-cam's own tqdm bars are silenced, so nothing prints into the server log.
+- `cams` itself lets ONE slow run at a time per process (`cams.SlowBusy` for a second one, at once,
+  instead of queueing), so one session cannot starve the others on a 2-core server, and silences
+  pytorch-grad-cam's tqdm bars, so nothing prints into the server log (the study viewer gets both too).
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mura_core.explain.cams import SLOW_METHODS, explain_many
+from mura_core.explain.cams import SLOW_METHODS, SlowBusy, explain_many, model_lock
 
 __all__ = ["SlowBusy", "SlowCancelled", "estimate_seconds", "forward_count", "run_slow"]
-
-_GATE = threading.BoundedSemaphore(1)
-_BATCH = 64  # the batch size cams._library gives pytorch-grad-cam
-
-
-class SlowBusy(RuntimeError):
-    """Another slow heat map is running in this server process."""
-
 
 class SlowCancelled(RuntimeError):
     """The run was cancelled."""
@@ -76,49 +68,32 @@ def estimate_seconds(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, met
     return per_image * forward_count(model, arch_spec, inputs, method)
 
 
-@contextlib.contextmanager
-def _quiet_library() -> Iterator[None]:
-    """pytorch-grad-cam's ScoreCAM/AblationCAM progress bars disabled for the block."""
-    import tqdm as tqdm_module  # the library calls tqdm.tqdm(...) through the module at run time
-
-    original = tqdm_module.tqdm
-    tqdm_module.tqdm = lambda *a, **k: original(*a, **{**k, "disable": True})
-    try:
-        yield
-    finally:
-        tqdm_module.tqdm = original
-
-
 def run_slow(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str, target: str = "abnormal", *,
              progress: Callable[[float], None] | None = None, cancel: threading.Event | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """`explain_many` for one slow method with progress, cancel and the one-at-a-time gate.
+    """`explain_many` for one slow method with progress and cancel (and `cams`' one-at-a-time gate).
 
     Raises `SlowBusy` when another slow run holds the gate, `SlowCancelled` when `cancel` is set.
     Returns (heatmaps (N, S, S), logits (N,)).
     """
-    if not _GATE.acquire(blocking=False):
-        raise SlowBusy("another slow heat map is running on this server; try again when it has finished")
-    try:
-        total = forward_count(model, arch_spec, inputs, method)
-        done = [0]
+    with model_lock(model):
+        model = copy.deepcopy(model)  # counted privately; the shared model stays free for other sessions
+    total = forward_count(model, arch_spec, inputs, method)
+    done = [0]
 
-        def count(_m: nn.Module, args: Any) -> None:
-            if cancel is not None and cancel.is_set():
-                raise SlowCancelled(f"{method} cancelled")
-            if args and isinstance(args[0], torch.Tensor):
-                done[0] += int(args[0].shape[0])
-            if progress is not None:
-                progress(min(1.0, done[0] / max(total, 1)))
-
-        handle = model.register_forward_pre_hook(count)
-        try:
-            with _quiet_library():
-                maps, logits = explain_many(model, arch_spec, inputs, [method], target)
-        finally:
-            handle.remove()
+    def count(_m: nn.Module, args: Any) -> None:
+        if cancel is not None and cancel.is_set():
+            raise SlowCancelled(f"{method} cancelled")
+        if args and isinstance(args[0], torch.Tensor):
+            done[0] += int(args[0].shape[0])
         if progress is not None:
-            progress(1.0)
-        return maps[method], logits
+            progress(min(1.0, done[0] / max(total, 1)))
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        maps, logits = explain_many(model, arch_spec, inputs, [method], target)
     finally:
-        _GATE.release()
+        handle.remove()
+    if progress is not None:
+        progress(1.0)
+    return maps[method], logits

@@ -77,3 +77,19 @@ def test_real_radiograph_renders(page: AppTest):
     at = _upload(page, paths[0].read_bytes())
     assert not at.exception, at.exception
     assert len(at.image) >= 5
+
+
+def test_boxed_example_scores_hit_or_miss(weights: Path, monkeypatch):
+    from fixtures.app import SHARED_DATA
+
+    if not (SHARED_DATA / "manifest.csv").is_file():
+        pytest.skip("real data not available")
+    at = start_app(weights, monkeypatch)
+    monkeypatch.setenv("MURA_DATA", str(SHARED_DATA))
+    at.switch_page("pages/compare_maps.py").run()
+    box = at.selectbox(key="compare_example")
+    at = box.set_value(box.options[1]).run()
+    assert not at.exception, at.exception
+    verdicts = [m.value for m in at.markdown if "**hit**" in m.value or "miss" in m.value]
+    assert len(verdicts) >= 5
+    assert any("ground-truth box" in c.value for c in at.caption)

@@ -69,3 +69,28 @@ def test_a_second_slow_run_is_refused_while_one_runs(toy):
         release.set()
         worker.join(30)
     assert len(errors) == 1
+
+
+def test_fast_maps_of_the_same_model_run_while_a_slow_one_is_under_way(toy):
+    from mura_core.explain.cams import explain_batch
+
+    model, x = toy
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(_fraction: float) -> None:
+        started.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=lambda: slow.run_slow(model, TOY_SPEC, x, "scorecam", progress=blocking))
+    worker.start()
+    try:
+        assert started.wait(10)
+        done = threading.Event()
+        fast = threading.Thread(target=lambda: (explain_batch(model, TOY_SPEC, x, "gradcam"), done.set()))
+        fast.start()
+        assert done.wait(10), "a fast map waited for the slow one"
+        fast.join()
+    finally:
+        release.set()
+        worker.join(30)
+    assert _hooks(model) == 0
