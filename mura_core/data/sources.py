@@ -21,7 +21,7 @@ from mura_core.data.manifest import MANIFEST_NAME
 from mura_core.data.mura_folder import DatasetError
 from mura_core.data.studies import DatasetIndex
 
-__all__ = ["READERS", "DatasetError", "Reader", "detect_kind", "open_dataset"]
+__all__ = ["READERS", "DatasetError", "Reader", "detect_kind", "open_dataset", "source_name"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,10 @@ def open_dataset(path: Path | str, split: str | None = None) -> DatasetIndex:
     """
     path = Path(path).expanduser()
     return _reader_for(path).read(path, split)
+
+
+def source_name(data: Path | str) -> str:
+    """A short, stable name for a data source: its folder name (a manifest's or dataset.csv's folder for a
+    file). Training caches, evaluate reports and model cards all name sources this way."""
+    path = Path(data).expanduser().resolve()
+    return path.parent.name if path.is_file() else path.name

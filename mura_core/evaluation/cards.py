@@ -30,7 +30,14 @@ def card_text(name: str, weights_dir: str | Path | None = None) -> str:
 
 
 def write_card(name: str, weights_dir: str | Path | None = None) -> Path:
-    """Write `card_text` to ``<weights folder>/<name>.md``; returns the path."""
-    path = weights_folder(weights_dir) / f"{name}.md"
+    """Write `card_text` to ``<weights folder>/<name>.md``, keeping the scope/body-part section that
+    `fit-heads` wrote beside the checkpoint (``<name>.heads.md``); returns the path."""
+    from mura_core.explain.fit_heads import update_card_section
+
+    folder = weights_folder(weights_dir)
+    path = folder / f"{name}.md"
     path.write_text(card_text(name, weights_dir), encoding="utf-8")
+    heads = folder / f"{name}.heads.md"
+    if heads.is_file():
+        update_card_section(path, heads.read_text(encoding="utf-8"))
     return path

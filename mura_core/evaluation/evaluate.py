@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mura_core.data.sources import source_name
 from mura_core.data.studies import Box, DatasetIndex, View
 from mura_core.evaluation.metrics import calibration_bins, grouped_metrics, roc_points
 from mura_core.evaluation.reports import aggregate_studies, write_predictions, write_report
@@ -52,7 +53,6 @@ __all__ = [
     "evaluate_rows",
     "image_rows",
     "metrics_report",
-    "source_name",
     "source_report",
     "pointing_game_report",
     "score_rows",
@@ -89,12 +89,6 @@ def image_rows(index: DatasetIndex, limit: int | None = None, source: str = "") 
                                  tuple(view.boxes), view, source=source,
                                  in_scope=bool(getattr(study.body_part, "in_scope", True))))
     return rows
-
-
-def source_name(data: str | Path) -> str:
-    """A short, stable name for a data source: its folder name (a manifest's folder for a CSV)."""
-    path = Path(data).expanduser().resolve()
-    return path.parent.name if path.is_file() else path.name
 
 
 def default_workers() -> int:

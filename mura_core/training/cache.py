@@ -14,7 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["ImageCache", "load_split", "load_sources", "source_name"]
+from mura_core.data.sources import source_name
+
+__all__ = ["ImageCache", "load_split", "load_sources"]
 
 _CACHE_VERSION = "v2"
 
@@ -58,12 +60,6 @@ class ImageCache:
         return ImageCache(torch.cat([c.images for c in caches]), torch.cat([c.labels for c in caches]),
                           joined("body_parts"), joined("names"), joined("sources"), joined("boxes"),
                           joined("in_scope"), joined("skipped"))
-
-
-def source_name(data: str | Path) -> str:
-    """A short, stable name for a data source: its folder name (a manifest's folder for a CSV)."""
-    path = Path(data).expanduser().resolve()
-    return path.parent.name if path.is_file() else path.name
 
 
 def _cache_file(cache_dir: str | Path, data: str | Path, split: str, size: int) -> Path:

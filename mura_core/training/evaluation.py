@@ -12,7 +12,7 @@ from torch import nn
 from mura_core.imaging.preprocess import normalise
 
 __all__ = ["normalise", "predict_logits", "predict_probs", "per_source_auc", "selection_score",
-           "fit_temperature"]
+           "fit_temperature", "channels_last_on"]
 
 
 def channels_last_on(device: torch.device) -> bool:
@@ -87,7 +87,3 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     optimiser.step(closure)
     return float(np.clip(log_t.exp().item(), 0.05, 20.0))
 
-
-def describe(metrics: dict[str, Any]) -> str:
-    """One log line's worth of per-source AUCs."""
-    return " ".join(f"{k}={v:.4f}" if v is not None else f"{k}=n/a" for k, v in metrics.items())

@@ -263,7 +263,7 @@ def _run_epoch(run: _Run, state: TrainState, epoch: int, wrapped: nn.Module, fro
 
 def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     """Decode the data, build the model, optimiser, schedulers, sampler and loader."""
-    spec, size = get_arch(config.arch), config.resolved_image_size()
+    size = config.resolved_image_size()
     show = config.progress and dist.main
     train_cache = load_sources(config.data, config.split_train, size, cache_dir=config.cache_dir, progress=show)
     valid_cache = load_sources(config.data, config.split_valid, size, cache_dir=config.cache_dir, progress=show)
@@ -288,7 +288,6 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                          patience=config.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    del spec
     return _Run(config, device, dist, model, ema, optimizer, iter_scheduler, plateau, scaler, train_cache,
                 valid_cache, table, loader, sampler, dataset)
 

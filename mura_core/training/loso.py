@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mura_core.training.cache import source_name
+from mura_core.data.sources import source_name
 from mura_core.training.config import TrainConfig
 
 __all__ = ["LOSO_NAME", "leave_one_source_out", "read_loso"]

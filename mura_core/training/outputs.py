@@ -18,7 +18,8 @@ from torch import nn
 from mura_core.models.checkpoints import FORMAT, CheckpointError, ModelCard, render_card_markdown, save_checkpoint
 from mura_core.models.weights import REPO_ROOT, WEIGHTS_DIR, register_weights
 from mura_core.models.registry import get_arch
-from mura_core.training.cache import ImageCache, source_name
+from mura_core.data.sources import source_name
+from mura_core.training.cache import ImageCache
 from mura_core.training.config import TrainConfig
 
 __all__ = ["TrainResult", "RESUME_FORMAT", "default_last_path", "backbone_parameters", "write_log",
