@@ -169,7 +169,7 @@ class BenchConfig:
     profile: bool = False
     """Also record torch.profiler's top operators of one study request (default heat map)."""
     score_batch: int | None = None
-    """Views per forward of the score scenario (None: the scorer's default, 256 on CUDA, 32 on the CPU)."""
+    """Views per forward of the score scenario (None: the scorer's default, 256 on CUDA, 4 on the CPU)."""
     score_workers: int | None = None
     """Decoding processes of the score scenario (None: `evaluate.default_workers()`)."""
     first_page: bool = False
@@ -934,7 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-page", action="store_true",
                    help="also time `streamlit run app.py` to a usable Home page (headless Chromium)")
     p.add_argument("--score-workers", type=int, help="decoding processes of the score scenario")
-    p.add_argument("--score-batch", type=int, help="batch size of the score scenario (default: 256 on CUDA, 32 on the CPU)")
+    p.add_argument("--score-batch", type=int, help="batch size of the score scenario (default: 256 on CUDA, 4 on the CPU)")
     p.add_argument("--in-process", action="store_true",
                    help="run scenarios in this process (faster; peak memory is then cumulative)")
     p.add_argument("--worker", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)

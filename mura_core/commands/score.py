@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding index.json (default: $MURA_WEIGHTS_DIR, else the repo's weights/)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--batch-size", type=int, default=None, help="views per forward (default: 256 on CUDA, "
-                                                                     "32 on the CPU)")
+                                                                     "4 on the CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: every core but one on CUDA; 1 on a 2-core CPU)")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
