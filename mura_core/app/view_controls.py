@@ -83,7 +83,7 @@ def prefill_body_part(key: str = "viewer_part") -> None:
     current = st.session_state.get(key, "auto")
     if current not in ("auto", st.session_state.get(_PREFILLED_KEY)):
         return  # the reader's own choice wins
-    target = suggestion.part if suggestion is not None and suggestion.is_mura_part else "auto"
+    target = suggestion.part if suggestion is not None and suggestion.usable else "auto"
     st.session_state[key] = target
     st.session_state[_PREFILLED_KEY] = None if target == "auto" else target
 
@@ -95,6 +95,8 @@ def suggestion_caption() -> str:
         return ""
     where = "the DICOM tag BodyPartExamined" if suggestion.source == "dicom" else "the images"
     name = suggestion.part.replace("_", " ").lower()
+    if not suggestion.usable:
+        return f"Best guess from {where}: {name} ({suggestion.confidence:.0%}); too unsure to pre-fill."
     return f"Suggested from {where}: **{name}** ({suggestion.confidence:.0%}). Pick another part to override."
 
 
@@ -134,7 +136,7 @@ def checked_study(model: str, study: Any, result: Any, *, part_choice: str, data
     if suggestion_caption():
         st.sidebar.caption(suggestion_caption())
     suggestion = triage.suggestion
-    suggested = suggestion.part if suggestion is not None and suggestion.is_mura_part else None
+    suggested = suggestion.part if suggestion is not None and suggestion.usable else None
     keep = kept_views(result)
     use_suggestion = part_choice == "auto" and result.body_part == BodyPart.UNKNOWN.value
     result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,
