@@ -5,14 +5,13 @@ import streamlit as st
 
 from mura_core.app import navigation, services, session
 from mura_core.app.report import report_file_name, study_report_html
-from mura_core.app.view_controls import (kept_views, prefill_body_part, remember_suggestion, scope_notice,
-                                         scope_summary, suggestion_caption, view_window_controls)
+from mura_core.app.view_controls import (checked_study, prefill_body_part, scope_notice, scope_summary,
+                                         view_window_controls)
 from mura_core.app.views import (DISCLAIMER, HEAT_SCALES, colour_legend, decision_label, format_probability,
                                  meta_rows, results_table, scaled_view, study_summary, to_png_bytes, view_panels,
                                  with_body_part, with_legend)
 from mura_core.data.studies import BodyPart, label_name
 from mura_core.explain.cams import OFFERED_COLORMAPS, SLOW_METHODS, TARGETS
-from mura_core.explain.triage import hide_excluded_scores, restrict_study
 
 navigation.require_app_shell()
 
@@ -92,17 +91,8 @@ try:
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
-triage = services.triage_study(model, study, result)
-data_part = linked.study.body_part if linked.study is not None else BodyPart.UNKNOWN
-if remember_suggestion(triage.suggestion if data_part == BodyPart.UNKNOWN else None):  # the data's own part wins
-    st.rerun()  # the sidebar's body-part picker (drawn above) shows the suggestion
-if suggestion_caption():
-    st.sidebar.caption(suggestion_caption())
-suggested = triage.suggestion.part if triage.suggestion is not None and triage.suggestion.is_mura_part else None
-keep = kept_views(result)
-result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,
-                        body_part=suggested if part_choice == "auto" and result.body_part == "UNKNOWN" else None)
-result = hide_excluded_scores(result, triage, keep)
+result = checked_study(model, study, result, part_choice=part_choice,
+                       data_part=linked.study.body_part if linked.study is not None else BodyPart.UNKNOWN)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")

@@ -1,4 +1,5 @@
-"""Per-view controls of the study viewer: each DICOM view's own window/level (display only)."""
+"""Per-view controls and checks of the study viewer: each DICOM view's own window/level (display only), the
+scope warning with its "score anyway" choice, and the body-part suggestion in the sidebar picker."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-__all__ = ["kept_views", "prefill_body_part", "remember_suggestion", "scope_notice", "scope_summary",
+__all__ = ["checked_study", "kept_views", "prefill_body_part", "remember_suggestion", "scope_notice", "scope_summary",
            "suggestion_caption", "view_key", "view_window_controls"]
 
 FULL_12_BIT = (2048.0, 4096.0)
@@ -82,7 +83,7 @@ def prefill_body_part(key: str = "viewer_part") -> None:
     current = st.session_state.get(key, "auto")
     if current not in ("auto", st.session_state.get(_PREFILLED_KEY)):
         return  # the reader's own choice wins
-    target = suggestion.part if suggestion is not None and suggestion.is_mura_part else "auto"
+    target = suggestion.part if suggestion is not None and suggestion.usable else "auto"
     st.session_state[key] = target
     st.session_state[_PREFILLED_KEY] = None if target == "auto" else target
 
@@ -94,6 +95,8 @@ def suggestion_caption() -> str:
         return ""
     where = "the DICOM tag BodyPartExamined" if suggestion.source == "dicom" else "the images"
     name = suggestion.part.replace("_", " ").lower()
+    if not suggestion.usable:
+        return f"Best guess from {where}: {name} ({suggestion.confidence:.0%}); too unsure to pre-fill."
     return f"Suggested from {where}: **{name}** ({suggestion.confidence:.0%}). Pick another part to override."
 
 
@@ -108,3 +111,34 @@ def scope_summary(result: Any, summary: str) -> str:
                 "*Score this view anyway* under a view to include it.")
     n = len(left_out)
     return f"{summary} {n} view{'s' if n != 1 else ''} left out as outside the model's scope."
+
+
+def checked_study(model: str, study: Any, result: Any, *, part_choice: str, data_part: Any) -> Any:
+    """The scored study after its checks: scope per view, the body-part suggestion shown in the sidebar,
+    out-of-scope views left out (and their scores hidden) unless kept, the threshold of the part in use.
+
+    `data_part` is the body part the data gave (a dataset study's); when known, nothing is suggested.
+    Reruns the page once when the suggestion changes, so the picker drawn above shows it.
+    """
+    from mura_core.app import services
+    from mura_core.data.studies import BodyPart
+    from mura_core.explain.triage import hide_excluded_scores, restrict_study
+
+    try:
+        triage = services.triage_study(model, study, result)
+    except Exception as exc:  # noqa: BLE001 - the scores stand without the checks; say so, never a traceback
+        st.warning(f"The scope check and body-part suggestion could not run ({type(exc).__name__}).")
+        return result
+    if triage.problem:
+        st.sidebar.warning(f"Scope check heads not used: {triage.problem}")
+    if remember_suggestion(triage.suggestion if data_part == BodyPart.UNKNOWN else None):
+        st.rerun()
+    if suggestion_caption():
+        st.sidebar.caption(suggestion_caption())
+    suggestion = triage.suggestion
+    suggested = suggestion.part if suggestion is not None and suggestion.usable else None
+    keep = kept_views(result)
+    use_suggestion = part_choice == "auto" and result.body_part == BodyPart.UNKNOWN.value
+    result = restrict_study(result, triage, services.get_predictor(model).thresholds, keep=keep,
+                            body_part=suggested if use_suggestion else None)
+    return hide_excluded_scores(result, triage, keep)

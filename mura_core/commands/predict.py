@@ -19,7 +19,8 @@ the model has no fitted heads and no DICOM tag decides; ``score >= 1`` is out of
 `explain.scope`), and the study has ``"body_part_suggested": {"part": str, "confidence": float,
 "source": "dicom" | "image"}`` (or null) and ``"excluded_images"`` (indices left out of the study
 probability because they are out of scope; ``--keep-out-of-scope`` keeps them). Without ``--body-part``
-and without a DICOM body part, a suggested MURA part picks the threshold, as in the viewer.
+and without a DICOM body part, a suggested MURA part with at least 50% confidence picks the
+threshold, as in the viewer.
 
 ``peak`` is the heat-map maximum as [x, y] in 0..1 of the image width/height, at the centre of the
 maximal pixel (``x = (column + 0.5) / width``), null without a heat map. DICOM tags are never printed
@@ -217,7 +218,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             print(f"warning: scope and body-part heads not used: {triage.problem}", file=sys.stderr)
         suggested = triage.suggestion
         part = None
-        if not args.body_part and result.body_part == "UNKNOWN" and suggested is not None and suggested.is_mura_part:
+        if not args.body_part and result.body_part == "UNKNOWN" and suggested is not None and suggested.usable:
             part = suggested.part
         keep = range(len(views)) if args.keep_out_of_scope else ()
         result = restrict_study(result, triage, predictor.thresholds, keep=keep, body_part=part)

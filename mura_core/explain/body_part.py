@@ -16,7 +16,10 @@ import numpy as np
 
 from mura_core.data.studies import BodyPart
 
-__all__ = ["BodyPartSuggestion", "suggest_body_part"]
+__all__ = ["MIN_CONFIDENCE", "BodyPartSuggestion", "suggest_body_part"]
+
+MIN_CONFIDENCE = 0.5
+"""Below this mean probability a suggested part is shown but neither pre-filled nor used for the threshold."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class BodyPartSuggestion:
     def is_mura_part(self) -> bool:
         """True when `part` is one of MURA's seven (so it has its own threshold)."""
         return BodyPart.parse(self.part) in BodyPart.known()
+
+    @property
+    def usable(self) -> bool:
+        """True when the suggestion may pick the threshold: a MURA part at `MIN_CONFIDENCE` or more."""
+        return self.is_mura_part and self.confidence >= MIN_CONFIDENCE
 
     def as_json(self) -> dict[str, Any]:
         return {"part": self.part, "confidence": round(float(self.confidence), 4), "source": self.source}

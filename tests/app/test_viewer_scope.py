@@ -86,3 +86,13 @@ def test_model_card_page_shows_the_fit_heads_report(tmp_path, monkeypatch) -> No
     at.switch_page("pages/model_card.py").run()
     assert not at.exception, at.exception
     assert any("Scope check and body-part suggestion (tiny_cnn)" in m.value for m in at.markdown)
+
+
+def test_unsure_suggestion_is_shown_but_not_prefilled(tmp_path, monkeypatch) -> None:
+    weights = build_tiny_weights(tmp_path / "w")
+    write_heads(weights, part="WRIST", logit=0.5)                # about 35%: below the 50% needed
+    at = _upload(_viewer(weights, monkeypatch), [("view.png", png_bytes(64, 64))])
+    assert not at.exception, at.exception
+    assert at.selectbox(key="viewer_part").value == "auto"
+    assert any("Best guess from the images: wrist" in c.value for c in at.sidebar.caption)
+    assert _metrics(at)["Body part"] == "UNKNOWN"

@@ -76,3 +76,17 @@ def test_tampered_heads_are_not_used(capsys, tmp_path, files) -> None:
     out, err = capsys.readouterr()
     assert code == 0 and "sha256 mismatch" in err
     assert json.loads(out)["images"][0]["scope"] is None
+
+
+def test_real_jpeg_extended_dicom_scores_and_its_tags_decide_scope(capsys, tmp_path) -> None:
+    from fixtures.build import pydicom_data_file
+    from mura_core.imaging import decode as decode_module
+
+    path = pydicom_data_file("JPEG-lossy.dcm")
+    if path is None or decode_module._gdcm_module() is None:
+        pytest.skip("JPEG-lossy.dcm or python-gdcm not installed")
+    folder = build_tiny_weights(tmp_path / "w", with_report=False)
+    data = _predict(capsys, folder, [path], "--keep-out-of-scope")
+    image = data["images"][0]
+    assert image["error"] is None and 0.0 <= image["probability"] <= 1.0     # read through GDCM and scored
+    assert image["scope"]["in_scope"] is False and "nuclear-medicine" in image["scope"]["label"]  # Modality NM

@@ -92,7 +92,9 @@ def test_body_part_dicom_tag_wins_over_image() -> None:
     feats = np.zeros((2, 4))
     by_image = suggest_body_part(heads, feats, [None, None])
     assert by_image.part == "FINGER" and by_image.source == "image" and by_image.confidence > 0.9
-    assert by_image.is_mura_part
+    assert by_image.is_mura_part and by_image.usable
+    unsure = replace(by_image, confidence=0.3)
+    assert unsure.is_mura_part and not unsure.usable          # shown, never pre-filled or used
     by_tag = suggest_body_part(heads, feats, [_dicom("ELBOW"), None])
     assert by_tag.part == "ELBOW" and by_tag.source == "dicom"
     region = suggest_body_part(constant_heads(4, SHA, part="HAND_WRIST_FOREARM"), feats, [None, None])
