@@ -21,8 +21,9 @@ st.markdown("Every heat-map method on the same radiograph, with its runtime and 
 
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
-session.keep("compare_target", "compare_scale", "compare_level",
-             defaults={"compare_colormap": OFFERED_COLORMAPS[0], "compare_alpha": 0.4})
+session.keep("compare_target", "compare_scale",
+             defaults={"compare_colormap": OFFERED_COLORMAPS[0], "compare_alpha": 0.4,
+                       "compare_level": list(CASCADE_LEVELS)[-1]})
 with st.sidebar:
     st.header("Heat maps")
     target = st.radio("Heat maps show", list(TARGETS), format_func=TARGETS.get, key="compare_target")
@@ -135,8 +136,7 @@ st.subheader("Sanity check: the same maps from a randomised model")
 st.markdown("After Adebayo et al. (2018): the model's weights are re-initialised from the top layer down "
             "(or all at once) and every fast map is computed again. **Similarity** is the Spearman rank "
             "correlation of the two maps: near 1 means the map barely depends on what the model learned.")
-level_label = st.selectbox("Layers randomised", list(CASCADE_LEVELS), key="compare_level",
-                           index=len(CASCADE_LEVELS) - 1)
+level_label = st.selectbox("Layers randomised", list(CASCADE_LEVELS), key="compare_level")
 if st.button("Run the sanity check", key="compare_sanity"):
     st.session_state["compare_sanity_on"] = True
 if st.session_state.get("compare_sanity_on"):
