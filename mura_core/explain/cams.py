@@ -131,14 +131,14 @@ MULTILAYER_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.fa
 
 FUSION_DEPTH = 2
 """How many resolutions the fused methods combine: the target layer's plus the next finer ones
-(2 for EfficientNet-Lite0 at 224 px: 7x7 and 14x14; 3 and 4 measured no better, see HEATMAP_NOTES.md)."""
+(2 for EfficientNet-Lite0 at 224 px: 7x7 and 14x14; 3 and 4 measured no better, see README, Results)."""
 
 SLOW_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.slow)
 """Methods that run many extra forward passes per image (minutes on a CPU for a DenseNet)."""
 
 DEFAULT_CAM: str = next(m.name for m in CAM_TABLE if m.default)
 """The default method (the `CAM_TABLE` row marked default): LayerCAM fused over the last two
-resolutions, which pointed at findings far more often than classic CAM (HEATMAP_NOTES.md)."""
+resolutions, which pointed at findings far more often than classic CAM (README, Results)."""
 
 FALLBACK_CAM = "gradcam"
 """The default method for every other architecture (works on all of them)."""
