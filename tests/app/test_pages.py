@@ -25,7 +25,7 @@ def test_home_explains_tool_model_and_device(app: AppTest):
     assert TINY_NAME in text and "shallow_cnn" in text
     assert "Models run on" in text
     assert app.selectbox(key="sidebar_model").value == TINY_NAME
-    assert len(app.main.get("page_link")) == 5                 # Home's links: every page but Home
+    assert len(app.main.get("page_link")) == 6                 # Home's links: every page but Home
     assert [link.proto.label for link in app.sidebar.get("page_link")] == [
         "Home", "Study viewer", "Compare heat maps", "Dataset browser", "Worklist", "Validation",
         "Model card"]                                           # the app's own navigation

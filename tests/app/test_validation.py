@@ -122,7 +122,7 @@ def test_pointing_game_table_has_energy_and_baseline_rows():
     assert [r["method"] for r in rows] == ["cam", "layercam-fused", "baseline: image centre",
                                            "baseline: random point / uniform map"]
     assert {r["source"] for r in rows} == {"bone-fracture-xr"}
-    assert rows[0]["pointing game"] == "0.600 (0.310–0.830)" and rows[0]["energy share"] == 0.2
+    assert rows[0]["pointing game"] == "0.600 (0.31–0.83)" and rows[0]["energy share"] == 0.2
     assert rows[2]["pointing game"] == "0.300" and rows[3]["energy share"] == 0.05
     by_source = {"by_source": {"a": {"pointing_game": game}, "b": {"pointing_game": game}}}
     assert {r["source"] for r in pointing_game_table(by_source)} == {"a", "b"}

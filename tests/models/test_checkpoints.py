@@ -178,7 +178,7 @@ def test_render_card_markdown_has_every_section() -> None:
         "auc": 0.81, "per_body_part": {"WRIST": {"n": 10, "sensitivity": 0.7}}})
     text = render_card_markdown(card, sha256="ab" * 32)
     for needle in ("# Model card", "efficientnet_lite0", "CC0", "## Recipe", "| epochs | 1 |", "0.8100",
-                   "WRIST", "0.7000", "## Thresholds", "weak model", "Not a medical device", "ab" * 32):
+                   "WRIST", "0.7000", "## Calibration and thresholds", "weak model", "Not a medical device", "ab" * 32):
         assert needle in text, needle
 
 
