@@ -47,6 +47,7 @@ from mura_core.explain.cams import SLOW_METHODS
 
 __all__ = [
     "ImageRow",
+    "ViewDataset",
     "build_report",
     "default_workers",
     "evaluate_dataset",
@@ -101,15 +102,26 @@ def default_workers() -> int:
 # decoding in workers
 # ----------------------------------------------------------------------------------------------
 
-class _ViewDataset(Dataset):
-    """Decodes a view and preprocesses it for every configuration the predictor needs."""
+class ViewDataset(Dataset):
+    """Decodes view `i` (a bad file becomes an error item, never an exception), runs the optional
+    per-view `scope` check on it, and preprocesses it for every input configuration the predictor needs.
+    Shared by `evaluate` and the worklist scorer."""
 
-    def __init__(self, views: Sequence[View], configs: Sequence[Any]) -> None:
+    def __init__(self, views: Sequence[View], configs: Sequence[Any], scope: Any = None) -> None:
         self.views = list(views)
         self.configs = list(configs)
+        self.scope = scope
 
     def __len__(self) -> int:
         return len(self.views)
+
+    def _scope_warning(self, pixels: Any) -> str | None:
+        if self.scope is None:
+            return None
+        try:
+            return self.scope(pixels)
+        except Exception as error:  # noqa: BLE001 - a failing check is a warning, not a crash
+            return f"scope check failed ({type(error).__name__})"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         from mura_core.imaging.decode import DecodeError, decode_view
@@ -119,10 +131,11 @@ class _ViewDataset(Dataset):
             pixels = decode_view(self.views[i]).pixels
         except DecodeError as error:
             return {"index": i, "error": error.reason}
-        except Exception as error:  # noqa: BLE001 - one bad file never stops an evaluation
+        except Exception as error:  # noqa: BLE001 - one bad file never stops a run
             return {"index": i, "error": f"could not read ({type(error).__name__})"}
         inputs = [to_model_input(pixels, c) for c in self.configs]
-        return {"index": i, "error": None, "inputs": inputs, "shape": tuple(pixels.shape[:2])}
+        return {"index": i, "error": None, "inputs": inputs, "shape": tuple(pixels.shape[:2]),
+                "scope": self._scope_warning(pixels)}
 
 
 def _keep_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -323,7 +336,7 @@ def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batc
 
     configs = predictor.input_configs
     workers = default_workers() if workers is None else max(0, int(workers))
-    loader = DataLoader(_ViewDataset([r.view for r in rows], configs), batch_size=max(1, int(batch_size)),
+    loader = DataLoader(ViewDataset([r.view for r in rows], configs), batch_size=max(1, int(batch_size)),
                         shuffle=False, num_workers=workers, collate_fn=_keep_list)
     scoring = _Scoring({m: [] for m in methods})
     bar = tqdm(total=len(rows), desc=f"evaluate {predictor.name}", unit="img", file=sys.stderr,

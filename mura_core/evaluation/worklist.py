@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mura_core.data.studies import BodyPart, Study, View, label_name, study_probability
+from mura_core.evaluation.evaluate import ViewDataset
 
 __all__ = [
     "COLUMNS",
@@ -216,37 +217,6 @@ def scope_text(part: BodyPart, warnings: Sequence[tuple[str, str]], checked: boo
 # decoding in workers and batched scoring
 # ----------------------------------------------------------------------------------------------
 
-class _ViewDataset:
-    """Decodes view `i`, runs the scope check on it and preprocesses it for every input configuration."""
-
-    def __init__(self, views: Sequence[View], configs: Sequence[Any], scope: ScopeCheck | None) -> None:
-        self.views = list(views)
-        self.configs = list(configs)
-        self.scope = scope
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from mura_core.imaging.decode import DecodeError, decode_view
-        from mura_core.imaging.preprocess import to_model_input
-
-        try:
-            pixels = decode_view(self.views[i]).pixels
-        except DecodeError as error:
-            return {"index": i, "error": error.reason}
-        except Exception as error:  # noqa: BLE001 - one bad file never stops a worklist
-            return {"index": i, "error": f"could not read ({type(error).__name__})"}
-        warning = None
-        if self.scope is not None:
-            try:
-                warning = self.scope(pixels)
-            except Exception as error:  # noqa: BLE001 - a failing check is a warning, not a crash
-                warning = f"scope check failed ({type(error).__name__})"
-        return {"index": i, "error": None, "scope": warning,
-                "inputs": [to_model_input(pixels, c) for c in self.configs]}
-
-
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch: the good items' inputs stacked per configuration (so they can be pinned), the rest listed."""
     import torch
@@ -315,7 +285,7 @@ def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int |
         workers = max(1, (os.cpu_count() or 2) - 1) if cuda else default_workers()
     workers = max(0, int(workers))
     batch_size = (256 if cuda else 4) if batch_size is None else batch_size
-    loader = DataLoader(_ViewDataset(views, configs, scope), batch_size=max(1, int(batch_size)), shuffle=False,
+    loader = DataLoader(ViewDataset(views, configs, scope), batch_size=max(1, int(batch_size)), shuffle=False,
                         num_workers=workers, collate_fn=_collate, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     probs: list[dict[int, float]] = [{} for _ in studies]
