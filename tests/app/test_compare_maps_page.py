@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fixtures.app import build_tiny_weights, real_views, start_app
+from fixtures.app import build_tiny_weights, open_page, real_views, start_app
 from mura_core.explain.cams import SLOW_METHODS
 
 
@@ -17,10 +17,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def page(weights: Path, monkeypatch) -> AppTest:
-    at = start_app(weights, monkeypatch)
-    at.switch_page("pages/compare_maps.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(weights, monkeypatch, "pages/compare_maps.py")
 
 
 def _upload(at: AppTest, png: bytes) -> AppTest:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fixtures.app import REPO_ROOT, build_tiny_weights, real_views, start_app
+from fixtures.app import REPO_ROOT, build_tiny_weights, metric_values, open_page, real_views, upload_views
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -18,19 +18,11 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def viewer(weights: Path, monkeypatch) -> AppTest:
-    at = start_app(weights, monkeypatch)
-    at.switch_page("pages/study_viewer.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(weights, monkeypatch, "pages/study_viewer.py")
 
 
-def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
-    at.file_uploader(key="viewer_upload").set_value([(n, b, "application/octet-stream") for n, b in files])
-    return at.run()
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+_upload = upload_views
+_metrics = metric_values
 
 
 def test_viewer_waits_for_upload(viewer: AppTest):

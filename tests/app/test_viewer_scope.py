@@ -6,26 +6,18 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fixtures.app import build_tiny_weights, start_app
+from fixtures.app import build_tiny_weights, metric_values, open_page, start_app, upload_views
 from fixtures.build import dicom_bytes, png_bytes
 from fixtures.heads import write_heads
 from mura_core.app.view_controls import view_key
 
 
 def _viewer(weights: Path, monkeypatch) -> AppTest:
-    at = start_app(weights, monkeypatch)
-    at.switch_page("pages/study_viewer.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(weights, monkeypatch, "pages/study_viewer.py")
 
 
-def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
-    at.file_uploader(key="viewer_upload").set_value([(n, b, "application/octet-stream") for n, b in files])
-    return at.run()
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+_upload = upload_views
+_metrics = metric_values
 
 
 def test_hip_dicom_is_warned_scored_on_request_and_left_out(tmp_path, monkeypatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures.app import build_tiny_weights, start_app
+from fixtures.app import build_tiny_weights, open_page
 from fixtures.score import tiny_manifest
 from streamlit.testing.v1 import AppTest
 
@@ -19,10 +19,7 @@ def weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def page(weights: Path, monkeypatch) -> AppTest:
-    at = start_app(weights, monkeypatch)
-    at.switch_page("pages/worklist.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page(weights, monkeypatch, "pages/worklist.py")
 
 
 def _score(at: AppTest, folder: Path) -> AppTest:
