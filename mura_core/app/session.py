@@ -16,17 +16,14 @@ import streamlit as st
 __all__ = [
     "clamp_choice",
     "declared_keys",
-    "dicom_window_default",
     "drop_invalid_choice",
     "keep",
     "keep_widget_state",
-    "remember_dicom_window",
 ]
 
 _DECLARED_KEY = "kept_widget_keys"
 """Session-state key listing every widget key a page of this session declared as kept."""
 
-_WINDOW_KEY = "viewer_dicom_window"
 
 
 def keep(*keys: str, defaults: Mapping[str, Any] | None = None) -> None:
@@ -63,17 +60,3 @@ def clamp_choice(key: str, low: int, high: int) -> None:
     value = st.session_state.get(key)
     if isinstance(value, (int, float)) and not low <= value <= high:
         st.session_state[key] = min(max(int(value), low), high)
-
-
-def remember_dicom_window(result: Any) -> None:
-    """Keep the first DICOM window of a scored study, to start the window/level inputs from it."""
-    for view in getattr(result, "views", []):
-        window = getattr(getattr(view, "meta", None), "window", None)
-        if window:
-            st.session_state[_WINDOW_KEY] = (float(window[0]), float(window[1]))
-            return
-
-
-def dicom_window_default() -> tuple[float, float]:
-    """The window/level inputs' starting values: the last DICOM's own window, else a 12-bit full range."""
-    return st.session_state.get(_WINDOW_KEY, (2048.0, 4096.0))

@@ -32,7 +32,6 @@ __all__ = [
     "confusion_by_body_part",
     "metrics_table",
     "kappa_comparison",
-    "pointing_game_rows",
     "pointing_game_sources",
     "pointing_game_table",
     "kappas_by_body_part",
@@ -202,26 +201,6 @@ def describe_report(report: Mapping[str, Any]) -> str:
         if value not in (None, "", [], {}):
             bits.append(f"{key.replace('_', ' ')}: {value}")
     return "; ".join(bits) or "evaluation report"
-
-
-def pointing_game_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The report's pointing game (heat-map peak inside a ground-truth box) as table rows, [] if none."""
-    game = report.get("pointing_game") or {}
-    rows = []
-    for method, summary in (game.get("methods") or {}).items():
-        if not isinstance(summary, Mapping):
-            continue
-        rate, ci = summary.get("hit_rate"), summary.get("ci95")
-        rows.append({
-            "heat-map method": method,
-            "images with boxes": summary.get("n"),
-            "peak inside a box": _with_interval(rate, ci if isinstance(ci, (list, tuple)) else None),
-            "image-centre baseline": None if summary.get("centre_baseline") is None
-            else round(float(summary["centre_baseline"]), 3),
-            "random-point baseline": None if summary.get("random_baseline") is None
-            else round(float(summary["random_baseline"]), 3),
-        })
-    return rows
 
 
 def pointing_game_sources(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 
 from mura_core.app.validation import (MURA_PAPER_KAPPA, calibration_figure, calibration_points,
                                       confusion_by_body_part, confusion_figure, kappa_comparison, kappas_by_body_part,
-                                      metrics_table, pointing_game_rows, roc_figure, single_class_parts)
+                                      metrics_table, roc_figure, single_class_parts)
 from mura_core.evaluation.reports import StudyPrediction
 
 PREDS = [
@@ -85,15 +85,6 @@ def test_paper_kappas_are_plausible():
         assert 0 < model <= 1 and 0 < radiologist <= 1, part
     # The paper's abstract: the model is at or below the best radiologist on every body part.
     assert all(model <= radiologist + 1e-9 for radiologist, model in MURA_PAPER_KAPPA.values())
-
-
-def test_pointing_game_rows():
-    report = {"pointing_game": {"methods": {"cam": {"n": 10, "hits": 6, "hit_rate": 0.6, "ci95": [0.31, 0.83],
-                                                    "centre_baseline": 0.3, "random_baseline": 0.12}}}}
-    (row,) = pointing_game_rows(report)
-    assert row["heat-map method"] == "cam" and row["peak inside a box"] == "0.600 (0.31–0.83)"
-    assert row["image-centre baseline"] == 0.3
-    assert pointing_game_rows({}) == [] and pointing_game_rows({"pointing_game": None}) == []
 
 
 def test_figures_build():
