@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet initialisation (default: where weights ship offline)")
     p.add_argument("--pretrained-path", default=None, help="a torchvision ImageNet state dict you supply")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune from this checkpoint (indexed name, sha256-checked, or file) with a fresh "
+                        "optimiser and schedule")
     p.add_argument("--augment", choices=["paper", "strong"], default=d.augment)
     p.add_argument("--max-rotation", type=float, default=d.max_rotation)
     p.add_argument("--no-hflip", dest="hflip", action="store_false")

@@ -44,6 +44,9 @@ class TrainConfig:
     dropout: float = 0.0
     pretrained: bool | None = None
     pretrained_path: str | None = None
+    init_from: str | None = None
+    """Fine-tune: start from this checkpoint's weights (an indexed name, sha256-checked, or a file) with a
+    fresh optimiser and schedule; its architecture must be --arch."""
     augment: str = "paper"
     """'paper': lateral flip + rotation (MURA); 'strong': + random resized crop, brightness/contrast/gamma."""
     max_rotation: float = 30.0
@@ -72,6 +75,7 @@ class TrainConfig:
     notes: str = ""
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    """Facts found during the run that the card's recipe records (e.g. init_from_sha256)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):

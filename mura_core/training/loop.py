@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mura_core.models.checkpoints import CheckpointError
 from mura_core.models.registry import create_model, get_arch
+from mura_core.models.weights import load_weights
 from mura_core.training import distributed as dist_utils
 from mura_core.training.augment import augment_batch, box_masks
 from mura_core.training.box_loss import FeatureCapture, box_attention_loss, cam_from_features
@@ -270,6 +272,9 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     table, _ = class_weight_table(train_cache.labels, _groups(train_cache), config.class_weights)
     model = create_model(config.arch, pretrained=config.resolved_pretrained(), dropout=config.dropout,
                          pretrained_path=config.pretrained_path).to(device)
+    if config.init_from:
+        state, config.extra["init_from_sha256"] = initial_weights(config.init_from, config.arch)
+        model.load_state_dict(state)
     if channels_last_on(device):
         model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -290,6 +295,15 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     return _Run(config, device, dist, model, ema, optimizer, iter_scheduler, plateau, scaler, train_cache,
                 valid_cache, table, loader, sampler, dataset)
+
+
+def initial_weights(name_or_path: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The float32 state dict and sha256 of the checkpoint to fine-tune from (an indexed name in the
+    weights folder, sha256-checked, or a file); CheckpointError when unreadable or of another arch."""
+    loaded = load_weights(name_or_path)
+    if loaded.card.arch != arch:
+        raise CheckpointError(f"--init-from {name_or_path}: a {loaded.card.arch!r} checkpoint, not {arch!r}")
+    return loaded.model.state_dict(), loaded.sha256
 
 
 def _restore(run: _Run, last_path: Path) -> TrainState:

@@ -241,7 +241,8 @@ def finish(run: Any, model: nn.Module, state: Any, elapsed: float, decode_s: flo
              "seconds_total": round(elapsed, 1), "seconds_decode": round(decode_s, 1),
              "seconds_per_epoch": round(float(np.mean(epoch_times)), 1) if epoch_times else None,
              "threshold_fitted_on": f"{config.split_valid} (in-scope images, after calibration)",
-             "threshold_method": "youden", "min_per_class_for_own_threshold": MIN_PER_CLASS_FOR_OWN_THRESHOLD}
+             "threshold_method": "youden", "min_per_class_for_own_threshold": MIN_PER_CLASS_FOR_OWN_THRESHOLD,
+             **config.extra}
     notes = [config.notes] if config.notes else []
     if run.train_cache.skipped or valid.skipped:
         notes.append(f"Skipped unreadable images: {len(run.train_cache.skipped)} train, {len(valid.skipped)} valid.")

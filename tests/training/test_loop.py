@@ -84,6 +84,19 @@ def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     assert resumed.history[2]["val_loss"] == pytest.approx(full.history[2]["val_loss"], rel=1e-5)
 
 
+def test_fine_tuning_starts_from_the_given_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    first = train(_config(tiny_data, tmp_path / "first.pt", epochs=3, half="no"))
+    fresh = train(_config(tiny_data, tmp_path / "fresh.pt", epochs=1, half="no"))
+    tuned = train(_config(tiny_data, tmp_path / "tuned.pt", epochs=1, half="no", lr=1e-5,
+                          init_from=str(tmp_path / "first.pt")))
+    # a tiny learning rate keeps the fine-tuned model near its start: far below a fresh model's loss
+    assert tuned.history[0]["train_loss"] < fresh.history[0]["train_loss"]
+    assert tuned.history[0]["val_loss"] == pytest.approx(min(r["val_loss"] for r in first.history[-1:]), rel=0.1)
+    assert load_checkpoint(tmp_path / "tuned.pt").card.recipe["init_from_sha256"] == first.sha256
+    with pytest.raises(Exception, match="not 'densenet121'"):
+        train(_config(tiny_data, tmp_path / "x.pt", arch="densenet121", init_from=str(tmp_path / "first.pt")))
+
+
 def test_resume_without_last_checkpoint_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no last checkpoint"):
         train(_config(tiny_data, tmp_path / "none.pt", resume=True))
