@@ -17,6 +17,9 @@ target layer); `explain_many` gives several methods from that one pass. Methods 
   resolution, `FUSION_DEPTH` resolutions), each map ReLU'd and min-maxed, then averaged by the library.
   For EfficientNet-Lite0 at 224 px that adds a 14x14 map to the 7x7 one. One full backward (weights
   frozen for it, so no weight gradients); a fine map for hairline findings a 7x7 grid cannot place.
+- ``rollout``: attention rollout (Abnar & Zuidema 2020, `explain.rollout`): the class token's share of
+  every patch token, multiplied through the encoder layers. Only for models with attention layers (the
+  `hybrid`; no hybrid checkpoint ships, so it appears for hybrid checkpoints a user trains); class-agnostic.
 - ``scorecam``, ``ablationcam``: delegated to pytorch-grad-cam; they run hundreds to thousands of
   extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default
   (`explain.slow` adds an estimate, progress, cancel and a one-at-a-time gate).
@@ -55,6 +58,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mura_core.explain.rollout import attention_rollout, has_attention
+
 __all__ = [
     "CAM_METHODS",
     "CAM_TABLE",
@@ -68,6 +73,7 @@ __all__ = [
     "MULTILAYER_METHODS",
     "SLOW_METHODS",
     "TARGETS",
+    "ATTENTION_METHODS",
     "ExplainError",
     "SlowBusy",
     "available_methods",
@@ -90,7 +96,8 @@ class CamMethod:
     name: str
     family: str
     """'classic' (forward only), 'gradient' (one backward to the target layer), 'eigen' (activations
-    only), 'multilayer' (pytorch-grad-cam over several stages: one full backward) or 'perturbation'
+    only), 'multilayer' (pytorch-grad-cam over several stages: one full backward), 'attention' (the
+    transformer's attention weights, forward only; models with attention layers only) or 'perturbation'
     (pytorch-grad-cam: many extra forwards)."""
     description: str
     default: bool = False
@@ -115,6 +122,9 @@ CAM_TABLE: tuple[CamMethod, ...] = (
               default=True),
     CamMethod("gradcam-fused", "multilayer",
               "Grad-CAM fused over the last 2 resolutions (pytorch-grad-cam)"),
+    CamMethod("rollout", "attention",
+              "Attention rollout (Abnar & Zuidema 2020): the class token's attention, multiplied through the "
+              "encoder layers; transformer models only, the same map for either target"),
     CamMethod("scorecam", "perturbation", "Score-CAM (pytorch-grad-cam)"),
     CamMethod("ablationcam", "perturbation", "Ablation-CAM (pytorch-grad-cam)"),
 )
@@ -132,6 +142,9 @@ MULTILAYER_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.fa
 FUSION_DEPTH = 2
 """How many resolutions the fused methods combine: the target layer's plus the next finer ones
 (2 for EfficientNet-Lite0 at 224 px: 7x7 and 14x14; 3 and 4 measured no better, see README, Results)."""
+
+ATTENTION_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.family == "attention")
+"""Methods read from a transformer's attention weights: offered only where `rollout.has_attention`."""
 
 SLOW_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.slow)
 """Methods that run many extra forward passes per image (minutes on a CPU for a DenseNet)."""
@@ -160,6 +173,8 @@ OFFERED_COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "hot
 
 _EPS = 1e-7
 
+_UNSUPPORTED_WHY = {"cam": "(needs a global-pool + Linear head; use gradcam)", "ablationcam": "(token target layer)"}
+
 
 class ExplainError(ValueError):
     """An unknown method or target, or a method the architecture cannot support."""
@@ -183,6 +198,8 @@ def supports_method(model: nn.Module, arch_spec: Any, method: str) -> bool:
         return False
     if method == "cam":
         return arch_spec.classic_cam(model) is not None
+    if method in ATTENTION_METHODS:
+        return has_attention(model)
     if method == "ablationcam" and arch_spec.reshape_transform is not None:
         return False  # pytorch-grad-cam's channel ablation needs a (N, C, h, w) target layer
     return True
@@ -561,16 +578,16 @@ def explain_many(
         raise ExplainError("no heat-map method given")
     for method in methods:
         _check(method, target)
-        if method in ("cam", "ablationcam") and not supports_method(model, arch_spec, method):
-            raise ExplainError(f"{method} is not available for {arch_spec.name}"
-                               + (" (needs a global-pool + Linear head; use gradcam)" if method == "cam"
-                                  else " (token target layer)"))
+        if method in ("cam", "ablationcam", *ATTENTION_METHODS) and not supports_method(model, arch_spec, method):
+            raise ExplainError(f"{method} is not available for {arch_spec.name} "
+                               + _UNSUPPORTED_WHY.get(method, "(no attention layers)"))
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     out: dict[str, np.ndarray] = {}
     logits: np.ndarray | None = None
     with model_lock(model):
         layer = arch_spec.cam_target_layer(model)
-        shared = [m for m in methods if m not in SLOW_METHODS and m not in MULTILAYER_METHODS]
+        shared = [m for m in methods
+                  if m not in SLOW_METHODS and m not in MULTILAYER_METHODS and m not in ATTENTION_METHODS]
         if "cam" in shared:
             feature_layer, weight = arch_spec.classic_cam(model)
             if feature_layer is not layer or arch_spec.reshape_transform is not None:
@@ -591,6 +608,11 @@ def explain_many(
         for method in (m for m in methods if m in MULTILAYER_METHODS):
             maps, raw_logits = _library_fused(model, arch_spec, inputs, method, target)
             out[method] = np.stack([resize_heatmap(m, size) for m in normalise_map(maps)])
+            if logits is None:
+                logits = _logits_np(raw_logits)
+        for method in (m for m in methods if m in ATTENTION_METHODS):
+            grid, raw_logits = attention_rollout(model, inputs)
+            out[method] = _to_input_size(grid, size)
             if logits is None:
                 logits = _logits_np(raw_logits)
         slow = [m for m in methods if m in SLOW_METHODS]
