@@ -5,6 +5,7 @@ import streamlit as st
 
 from mura_core.app import navigation, services, session
 from mura_core.app.report import report_file_name, study_report_html
+from mura_core.app.slow_maps import slow_panel
 from mura_core.app.view_controls import (checked_study, prefill_body_part, scope_notice, scope_summary,
                                          view_window_controls)
 from mura_core.app.views import (DISCLAIMER, HEAT_SCALES, colour_legend, decision_label, format_probability,
@@ -85,14 +86,17 @@ if model is None:
     st.error(services.available_models().problem or "No model available; nothing can be scored.")
     st.stop()
 
+slow = cam in SLOW_METHODS  # scored without heat maps; the slow maps wait for their button (slow_panel)
 try:
     with st.spinner("Scoring the study…"):
-        result, cached = services.score_study(model, study, cam=cam, target=target, tta=tta)
+        result, cached = services.score_study(model, study, cam=None if slow else cam, target=target, tta=tta)
 except Exception as exc:  # a message for the reader, never a traceback
     st.error(f"The study could not be scored: {exc}")
     st.stop()
 result = checked_study(model, study, result, part_choice=part_choice,
                        data_part=linked.study.body_part if linked.study is not None else BodyPart.UNKNOWN)
+if slow:
+    result = slow_panel(model, result, cam, target, tta=tta)
 
 # ---- study result ------------------------------------------------------------------------------
 st.subheader("Study result")

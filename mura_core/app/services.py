@@ -72,6 +72,7 @@ __all__ = [
     "sanity_maps",
     "slow_estimate",
     "slow_map",
+    "slow_map_cached",
     "boxed_examples",
 ]
 
@@ -303,8 +304,8 @@ def _thumbnail_png(path: str, mtime: float, boxes: tuple, size: int = 160) -> by
 def cam_methods(model: str | None) -> tuple[list[str], str]:
     """The heat-map methods the model supports (SCORE's order) and its default one.
 
-    Without a loadable model: every method and `FALLBACK_CAM` (works on every architecture), so the
-    sidebar still renders.
+    Without a loadable model: every method that needs no particular architecture (attention methods
+    are left out) and `FALLBACK_CAM` (works on every architecture), so the sidebar still renders.
     """
     if model is not None:
         try:
@@ -312,9 +313,9 @@ def cam_methods(model: str | None) -> tuple[list[str], str]:
             return list(predictor.cam_methods()), str(predictor.default_cam)
         except Exception:  # the page reports the load error where it scores
             pass
-    from mura_core.explain.cams import CAM_METHODS, FALLBACK_CAM
+    from mura_core.explain.cams import ATTENTION_METHODS, CAM_METHODS, FALLBACK_CAM
 
-    return list(CAM_METHODS), FALLBACK_CAM
+    return [m for m in CAM_METHODS if m not in ATTENTION_METHODS], FALLBACK_CAM
 
 
 def overlay_fn() -> Any:
@@ -661,12 +662,14 @@ def compare_map(model: str, image_key: str, method: str, target: str, _image: An
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def slow_estimate(model: str, image_key: str, method: str, _image: Any) -> float:
-    """Seconds a slow method should take on this server for the image (one timed probe forward)."""
+    """Seconds a slow method should take on this server for the image (one timed probe forward per
+    model of the ensemble)."""
     from mura_core.explain.slow import estimate_seconds
 
-    predictor, member = _first_member(model)
-    x = predictor.prepare([_image])[member.config].to(predictor.device)
-    return float(estimate_seconds(member.model, member.spec, x, method))
+    predictor = get_predictor(model)
+    batches = predictor.prepare([_image])
+    return float(sum(estimate_seconds(m.model, m.spec, batches[m.config].to(predictor.device), method)
+                     for m in predictor.members))
 
 
 @st.cache_resource(show_spinner=False)
@@ -675,29 +678,43 @@ def _slow_results() -> ResultCache:
     return ResultCache(max_entries=64, max_bytes=64 * 1024 * 1024)
 
 
+def slow_map_cached(model: str, image_key: str, method: str, target: str) -> MapRun | None:
+    """The slow map `slow_map` already computed for this (model, image, method, target), else None;
+    never starts a run."""
+    return _slow_results().get((model, image_key, method, target))
+
+
 def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, _progress: Any = None) -> MapRun:
     """A slow method's map with progress (`_progress(fraction)`); one slow run per server at a time.
 
-    Raises `explain.slow.SlowBusy` when another session's slow run holds the server; a failed or
-    stopped run is not cached.
+    Every model of an ensemble runs in turn (progress split evenly between them); their maps are combined
+    as the Predictor combines fast maps, their probabilities averaged (each with its temperature). The
+    map is at the first model's input size. Raises `explain.slow.SlowBusy` when another session's slow
+    run holds the server; a failed or stopped run is not cached.
     """
     import math
     import time
 
     from mura_core.explain.slow import run_slow
 
-    cache_key = (model, image_key, method, target)
-    cached = _slow_results().get(cache_key)
+    cached = slow_map_cached(model, image_key, method, target)
     if cached is not None:
         return cached
-    predictor, member = _first_member(model)
-    x = predictor.prepare([_image])[member.config].to(predictor.device)
+    predictor = get_predictor(model)
+    batches = predictor.prepare([_image])
+    members = predictor.members
+    maps, probs = [], []
     start = time.perf_counter()
-    maps, logits = run_slow(member.model, member.spec, x, method, target, progress=_progress)
+    for k, member in enumerate(members):
+        share = (lambda f, k=k: _progress((k + f) / len(members))) if _progress is not None else None
+        member_maps, logits = run_slow(member.model, member.spec, batches[member.config].to(predictor.device),
+                                       method, target, progress=share)
+        maps.append(member_maps)
+        probs.append(1.0 / (1.0 + math.exp(-float(logits[0]) / member.temperature)))
     seconds = time.perf_counter() - start
-    prob = 1.0 / (1.0 + math.exp(-float(logits[0])))
-    run = MapRun(method, maps[0], prob, seconds)
-    _slow_results().put(cache_key, run)
+    size = (members[0].config.image_size, members[0].config.image_size)
+    run = MapRun(method, predictor.combine_maps(maps, 0, size), sum(probs) / len(probs), seconds)
+    _slow_results().put((model, image_key, method, target), run)
     return run
 
 

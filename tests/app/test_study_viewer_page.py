@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -137,3 +138,97 @@ def test_dicom_upload_body_part_from_tag_and_no_identifying_tags(viewer: AppTest
     assert not at.exception, at.exception
     assert "P(abnormal)" in " ".join(c for img in at.image for c in img.captions)
     assert _metrics(at)["Study probability (abnormal)"] == before   # window/level is display only
+
+
+# ---- slow heat maps (ScoreCAM, AblationCAM): an estimate, a button, progress per view, the server's cap --------
+
+def _slow_runs(monkeypatch) -> list[str]:
+    """Record every slow heat-map run (pytorch-grad-cam's ScoreCAM / AblationCAM) from now on."""
+    from mura_core.explain import cams
+
+    calls: list[str] = []
+    original = cams._library
+
+    def counting(model, spec, inputs, method, target):
+        calls.append(method)
+        return original(model, spec, inputs, method, target)
+
+    monkeypatch.setattr(cams, "_library", counting)
+    return calls
+
+
+def _slow_study(viewer: AppTest, method: str, seed: int) -> AppTest:
+    """The viewer on `method` with a fresh two-view study (its slow maps not cached yet)."""
+    from fixtures.build import png_bytes
+
+    viewer.selectbox(key="viewer_cam").set_value(method).run()
+    return _upload(viewer, [("a.png", png_bytes(72, 56, seed=seed)), ("b.png", png_bytes(48, 64, seed=seed + 1))])
+
+
+def _overlays(at: AppTest, method: str) -> list[str]:
+    return [c for img in at.image for c in img.captions if f"{method} heat map" in c]
+
+
+def test_slow_method_shows_an_estimate_and_runs_only_on_the_button(viewer: AppTest, monkeypatch, capfd):
+    runs = _slow_runs(monkeypatch)
+    at = _slow_study(viewer, "scorecam", seed=11)
+    assert not at.exception, at.exception
+    assert runs == []                                          # nothing slow before the button
+    assert _metrics(at)["Study probability (abnormal)"].endswith("%")   # the scores are there at once
+    notice = " ".join(i.value for i in at.info)
+    assert "scorecam is slow" in notice and "about" in notice and "2 views" in notice
+    button = at.button(key="viewer_slow_run")
+    assert "2 views" in button.label and "(about " in button.label
+    assert not _overlays(at, "scorecam")
+    capfd.readouterr()
+
+    at = button.click().run()
+    assert not at.exception, at.exception
+    assert runs == ["scorecam", "scorecam"]                   # one run per view
+    assert len(_overlays(at, "scorecam")) == 2
+    printed = capfd.readouterr()
+    assert "it/s" not in printed.err + printed.out and "%|" not in printed.err + printed.out  # no tqdm bars
+
+    at.slider(key="viewer_alpha").set_value(0.7).run()        # a display change: maps from the cache
+    assert not at.exception, at.exception
+    assert runs == ["scorecam", "scorecam"] and len(_overlays(at, "scorecam")) == 2
+    assert not [b for b in at.button if b.key == "viewer_slow_run"]
+
+
+def test_slow_run_waits_its_turn_while_another_holds_the_server(viewer: AppTest, monkeypatch):
+    from mura_core.explain import cams
+
+    runs = _slow_runs(monkeypatch)
+    at = _slow_study(viewer, "ablationcam", seed=21)
+    assert cams._SLOW_GATE.acquire(blocking=False)             # another session's slow run
+    try:
+        at = at.button(key="viewer_slow_run").click().run()
+    finally:
+        cams._SLOW_GATE.release()
+    assert not at.exception, at.exception
+    assert any("another slow heat map is running" in w.value for w in at.warning)
+    assert runs == ["ablationcam"] and not _overlays(at, "ablationcam")   # refused at once, not queued
+    assert _metrics(at)["Study probability (abnormal)"].endswith("%")
+
+
+def test_fast_methods_never_show_the_slow_panel(viewer: AppTest, monkeypatch):
+    runs = _slow_runs(monkeypatch)
+    at = _slow_study(viewer, "gradcam", seed=31)
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.key == "viewer_slow_run"] and runs == []
+    assert len(_overlays(at, "gradcam")) == 2
+
+
+def test_slow_maps_are_laid_into_a_copy_of_the_study():
+    from mura_core.app.slow_maps import format_seconds, with_slow_maps
+    from mura_core.explain.predictor import StudyResult, ViewResult
+
+    views = [ViewResult("a", 0.4, image=np.zeros((30, 40), np.float32)),
+             ViewResult("b", 0.6, image=np.zeros((20, 20), np.float32))]
+    result = StudyResult(0.5, 0.5, True, "UNKNOWN", "mean", views, 1, "m")
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 6] = 1.0
+    out = with_slow_maps(result, {0: heat})
+    assert out.views[0].heatmap.shape == (30, 40) and out.views[0].peak[0] > 0.5   # resized, peak on the right
+    assert out.views[1].heatmap is None and result.views[0].heatmap is None       # the cached result untouched
+    assert [format_seconds(s) for s in (0.2, 42.4, 250)] == ["under 1 s", "42 s", "4 min"]
