@@ -6,8 +6,8 @@ import streamlit as st
 from mura_core.app import navigation, services, session
 from mura_core.app.validation import (calibration_figure, confusion_by_body_part, confusion_figure,
                                       describe_report, filter_predictions, kappa_caption, kappa_comparison,
-                                      kappas_by_body_part, loso_rows, metrics_table, pointing_game_table,
-                                      roc_figure, single_class_parts, source_options)
+                                      kappas_by_body_part, loso_rows, metrics_table, pointing_game_note,
+                                      pointing_game_table, roc_figure, single_class_parts, source_options)
 from mura_core.data.roots import default_data_root
 from mura_core.evaluation.reports import find_reports
 
@@ -130,12 +130,14 @@ if source == "shipped":
         st.caption("Each row: the same recipe trained without that source, scored on its valid split. This is "
                    "the closest figure here to how the model would do on your own radiographs.")
 
-if pointing_game_table(report):
+pointing = pointing_game_table(report)
+if pointing:
     st.markdown("#### Where the model looked: pointing game and energy share")
-    st.dataframe(pointing_game_table(report), hide_index=True, width="stretch")
-    st.caption("Pointing game: a hit when the heat map's maximum falls inside (or within a few pixels of) a "
-               "ground-truth finding box. Energy share: the share of the heat map's mass inside the boxes. "
-               "Baseline rows: always pointing at the image centre, a random point, and a uniform map.")
+    st.dataframe(pointing, hide_index=True, width="stretch")
+    st.caption("Pointing game: a hit when the heat map's maximum falls inside (or near) a "
+               "ground-truth finding box, on abnormal images with boxes. Energy share: the share of the heat "
+               "map's mass inside the boxes. Baseline rows: always pointing at the image centre, a random point, "
+               "and a uniform map. " + pointing_game_note(report))
 
 st.markdown("#### Agreement with radiologists (Cohen's kappa)")
 st.dataframe(kappa_comparison(kappas_by_body_part(predictions, chosen)), hide_index=True, width="stretch")

@@ -33,6 +33,7 @@ __all__ = [
     "metrics_table",
     "kappa_comparison",
     "pointing_game_sources",
+    "pointing_game_note",
     "pointing_game_table",
     "kappas_by_body_part",
     "describe_report",
@@ -217,14 +218,23 @@ def pointing_game_sources(report: Mapping[str, Any]) -> dict[str, Mapping[str, A
     return out
 
 
+NOT_MEASURED = "not in report"
+"""What a pointing-game cell says when the report holds no figure for it (an older or narrower run)."""
+
+
+def _share(value: Any, missing: str = NOT_MEASURED) -> str:
+    """A share as '0.050', or `missing` when the report has none."""
+    return missing if value is None else f"{float(value):.3f}"
+
+
 def pointing_game_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Pointing game and energy share per source and method, with the centre-point and random-point
-    (uniform-map for energy) baselines as rows of their own; [] when the report has none."""
+    (uniform-map for energy) baselines as rows of their own; [] when the report has none.
+
+    Only the methods the report measured get a row; a figure the report lacks reads `NOT_MEASURED`, and
+    the centre point has no energy share ("—": a point holds no mass).
+    """
     rows: list[dict[str, Any]] = []
-
-    def num(value: Any) -> float | None:
-        return None if value is None else round(float(value), 3)
-
     for source, game in pointing_game_sources(report).items():
         methods = {m: s for m, s in (game.get("methods") or {}).items() if isinstance(s, Mapping)}
         if not methods:
@@ -234,17 +244,32 @@ def pointing_game_table(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append({"source": source, "method": method, "images with boxes": summary.get("n"),
                          "pointing game": _with_interval(summary.get("hit_rate"),
                                                          ci if isinstance(ci, (list, tuple)) else None),
-                         "energy share": num(summary.get("energy_share"))})
+                         "energy share": _share(summary.get("energy_share"))})
         first = next(iter(methods.values()))
         rows.append({"source": source, "method": "baseline: image centre", "images with boxes": first.get("n"),
-                     "pointing game": num(first.get("centre_baseline")), "energy share": None})
+                     "pointing game": _share(first.get("centre_baseline")), "energy share": "—"})
         rows.append({"source": source, "method": "baseline: random point / uniform map",
-                     "images with boxes": first.get("n"), "pointing game": num(first.get("random_baseline")),
-                     "energy share": num(first.get("energy_baseline"))})
-    for row in rows:
-        if not isinstance(row["pointing game"], str) and row["pointing game"] is not None:
-            row["pointing game"] = f"{row['pointing game']:.3f}"
+                     "images with boxes": first.get("n"), "pointing game": _share(first.get("random_baseline")),
+                     "energy share": _share(first.get("energy_baseline"))})
     return rows
+
+
+def pointing_game_note(report: Mapping[str, Any]) -> str:
+    """What the pointing-game table rests on, in words: the tolerance, and which methods the report
+    measured when it did not measure several (its other methods were simply not run)."""
+    sources = pointing_game_sources(report)
+    measured = list(dict.fromkeys(m for game in sources.values() for m in (game.get("methods") or {})))
+    if not measured:
+        return ""
+    tolerance = next((g.get("tolerance_px") for g in sources.values() if g.get("tolerance_px") is not None), None)
+    words = [f"A hit: the map's maximum within {float(tolerance):g} px of a box." if tolerance is not None else ""]
+    if len(measured) == 1:
+        words.append(f"This report measured one method only ({measured[0]}); the other heat-map methods were "
+                     "not run for it (`python -m mura_core evaluate ... --cam all` measures every fast method).")
+    if any(isinstance(s, Mapping) and s.get("energy_share") is None
+           for game in sources.values() for s in (game.get("methods") or {}).values()):
+        words.append(f"'{NOT_MEASURED}': the report predates that figure.")
+    return " ".join(w for w in words if w)
 
 
 def kappa_comparison(our_kappas: Mapping[str, float | None]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """AppTest: home, dataset browser, validation and model-card pages render without tracebacks."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,35 @@ def test_settings_survive_a_visit_to_another_page(app: AppTest):
     at.switch_page("pages/dataset_browser.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="browser_label").value == "normal"
+
+
+@pytest.mark.parametrize("report,methods", [("lite0_multisource", {"layercam-fused", "cam", "gradcam", "layercam"}),
+                                            ("densenet169", {"cam"})])
+def test_validation_pointing_game_table_from_a_shipped_report(report: str, methods: set, tmp_path: Path,
+                                                               monkeypatch):
+    """The shipped report's pointing game: one row per measured method and source, the two baselines beside."""
+    shipped = Path(__file__).resolve().parents[2] / "weights" / f"{report}.report"
+    if not (shipped / "report.json").is_file():
+        pytest.skip(f"{report}'s report is not shipped")
+    folder = build_tiny_weights(tmp_path / "weights", with_report=False)
+    copy = folder / f"{report}.report"
+    copy.mkdir()
+    for name in ("report.json", "study_predictions.csv"):
+        shutil.copyfile(shipped / name, copy / name)
+    at = start_app(folder, monkeypatch).switch_page("pages/validation.py").run()
+    assert not at.exception, at.exception
+    table = next(t.value for t in at.dataframe if "pointing game" in t.value.columns)
+    assert set(table.columns) >= {"source", "method", "images with boxes", "pointing game", "energy share"}
+    for source, rows in table.groupby("source"):
+        listed = list(rows["method"])
+        assert set(listed[:-2]) == methods, source
+        assert listed[-2:] == ["baseline: image centre", "baseline: random point / uniform map"]
+        assert all(0.0 <= float(v.split()[0]) <= 1.0 for v in rows["pointing game"])
+    caption = " ".join(c.value for c in at.caption)
+    assert "15 px" in caption
+    if len(methods) == 1:
+        assert "one method only (cam)" in caption and set(table["energy share"]) <= {"not in report", "—"}
+    else:
+        assert set(table["source"]) == {"FracAtlas", "bone-fracture-xr"}
+        measured = table[table["method"].isin(methods)]["energy share"]
+        assert all(0.0 < float(v) < 1.0 for v in measured)            # every method's energy share is shown

@@ -113,8 +113,25 @@ def test_pointing_game_table_has_energy_and_baseline_rows():
     assert [r["method"] for r in rows] == ["cam", "layercam-fused", "baseline: image centre",
                                            "baseline: random point / uniform map"]
     assert {r["source"] for r in rows} == {"bone-fracture-xr"}
-    assert rows[0]["pointing game"] == "0.600 (0.31–0.83)" and rows[0]["energy share"] == 0.2
-    assert rows[2]["pointing game"] == "0.300" and rows[3]["energy share"] == 0.05
+    assert rows[0]["pointing game"] == "0.600 (0.31–0.83)" and rows[0]["energy share"] == "0.200"
+    assert rows[2]["pointing game"] == "0.300" and rows[2]["energy share"] == "—"   # a point holds no mass
+    assert rows[3]["pointing game"] == "0.120" and rows[3]["energy share"] == "0.050"
     by_source = {"by_source": {"a": {"pointing_game": game}, "b": {"pointing_game": game}}}
     assert {r["source"] for r in pointing_game_table(by_source)} == {"a", "b"}
     assert pointing_game_table({}) == []
+
+
+def test_pointing_game_note_names_a_report_that_measured_one_method():
+    from mura_core.app.validation import NOT_MEASURED, pointing_game_note, pointing_game_table
+
+    old = {"pointing_game": {"tolerance_px": 15.0, "methods": {
+        "cam": {"n": 165, "hit_rate": 0.036, "centre_baseline": 0.36, "random_baseline": 0.06}}}}
+    rows = pointing_game_table(old)
+    assert [r["method"] for r in rows][0] == "cam" and len(rows) == 3
+    assert rows[0]["energy share"] == NOT_MEASURED and rows[2]["energy share"] == NOT_MEASURED
+    note = pointing_game_note(old)
+    assert "15 px" in note and "one method only (cam)" in note and NOT_MEASURED in note
+    several = {"pointing_game": {"methods": {m: {"n": 5, "hit_rate": 0.2, "energy_share": 0.1}
+                                             for m in ("cam", "gradcam")}}}
+    assert "one method only" not in pointing_game_note(several) and NOT_MEASURED not in pointing_game_note(several)
+    assert pointing_game_note({}) == ""
