@@ -114,7 +114,8 @@ st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            "A second-reader and teaching aid, not a diagnosis.")
 st.dataframe(results_table(result), hide_index=True, width="stretch")
 report_facts = dict(model_name=model, card=services.model_card(model), sha256=services.get_predictor(model).sha256,
-                    study_id=study.study_id, cam=cam, overlay_fn=services.overlay_fn(), colormap=colormap, alpha=alpha)
+                    study_id=study.study_id, cam=result.cam, overlay_fn=services.overlay_fn(), colormap=colormap,
+                    alpha=alpha)
 st.download_button("Download study report (HTML, printable)", key="viewer_report", mime="text/html",
                    file_name=report_file_name(study.study_id), icon=":material/download:", on_click="ignore",
                    data=lambda: study_report_html(result, **report_facts))  # built only when clicked

@@ -43,9 +43,10 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def with_slow_maps(result: Any, heatmaps: Mapping[int, np.ndarray]) -> Any:
+def with_slow_maps(result: Any, heatmaps: Mapping[int, np.ndarray], method: str) -> Any:
     """A copy of the scored study with view i's heat map set from `heatmaps[i]` (any size, resized to the
-    view's image) and its peak; the cached result itself is left untouched."""
+    view's image) and its peak, and `method` named as its heat map once any view has one; the cached
+    result itself is left untouched."""
     from mura_core.explain.cams import heatmap_peak, resize_heatmap
 
     views = list(result.views)
@@ -53,7 +54,7 @@ def with_slow_maps(result: Any, heatmaps: Mapping[int, np.ndarray]) -> Any:
         full = resize_heatmap(heat, views[i].image.shape[:2])
         views[i] = dataclasses.replace(views[i], heatmap=full,
                                        peak=heatmap_peak(full) if full.max() > 0 else None)
-    return dataclasses.replace(result, views=views)
+    return dataclasses.replace(result, views=views, cam=method if heatmaps else result.cam)
 
 
 def _run_views(model: str, result: Any, method: str, target: str, keys: Mapping[int, str],
@@ -102,4 +103,4 @@ def slow_panel(model: str, result: Any, method: str, target: str, *, tta: bool =
                 icon=":material/timer:")
         if st.button(f"Compute {method} for {n} (about {estimate})", key="viewer_slow_run", type="primary"):
             runs.update(_run_views(model, result, method, target, keys, todo))
-    return with_slow_maps(result, {i: run.heatmap for i, run in runs.items()})
+    return with_slow_maps(result, {i: run.heatmap for i, run in runs.items()}, method)

@@ -228,7 +228,8 @@ def test_slow_maps_are_laid_into_a_copy_of_the_study():
     result = StudyResult(0.5, 0.5, True, "UNKNOWN", "mean", views, 1, "m")
     heat = np.zeros((8, 8), np.float32)
     heat[2, 6] = 1.0
-    out = with_slow_maps(result, {0: heat})
+    out = with_slow_maps(result, {0: heat}, "scorecam")
     assert out.views[0].heatmap.shape == (30, 40) and out.views[0].peak[0] > 0.5   # resized, peak on the right
     assert out.views[1].heatmap is None and result.views[0].heatmap is None       # the cached result untouched
+    assert out.cam == "scorecam" and result.cam is None and with_slow_maps(result, {}, "scorecam").cam is None
     assert [format_seconds(s) for s in (0.2, 42.4, 250)] == ["under 1 s", "42 s", "4 min"]
