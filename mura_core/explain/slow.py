@@ -9,7 +9,10 @@ batches (`cams._library` uses batches of 64, as fast as pytorch-grad-cam allows 
   and `cancel` (a threading.Event) stops the run at the next batch;
 - `cams` itself lets ONE slow run at a time per process (`cams.SlowBusy` for a second one, at once,
   instead of queueing), so one session cannot starve the others on a 2-core server, and silences
-  pytorch-grad-cam's tqdm bars, so nothing prints into the server log (the study viewer gets both too).
+  pytorch-grad-cam's tqdm bars, so nothing prints into the server log.
+
+The app's two pages with slow maps (Compare heat maps, the Study viewer via `app.slow_maps`) both run them
+through `app.services.slow_map` -> `run_slow`, so the estimate, progress, cancel and cap are the same.
 """
 from __future__ import annotations
 
