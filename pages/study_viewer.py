@@ -146,7 +146,7 @@ for i, view in enumerate(result.views):
         right.image(to_png_bytes(overlay), width="stretch",
                     caption=f"{view.name} — {cam} heat map, P(abnormal) {format_probability(view.probability)}")
     else:
-        right.info("No heat map for this view.")
+        right.info(f"No {cam} map yet: press its button above." if slow else "No heat map for this view.")
     with facts_col:
         st.metric("P(abnormal)", format_probability(view.probability))
         if view.peak is not None:

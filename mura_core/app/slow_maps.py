@@ -79,11 +79,25 @@ def _run_views(model: str, result: Any, method: str, target: str, keys: Mapping[
     return done
 
 
+def _offer(model: str, result: Any, method: str, target: str, keys: Mapping[int, str], todo: Sequence[int],
+           estimate: str, tta: bool) -> dict[int, Any]:
+    """The estimate and the button; on a press, the run ({index: MapRun} of the views done), else {}."""
+    n = f"{len(todo)} view{'s' if len(todo) != 1 else ''}"
+    st.info(f"**{method} is slow**: hundreds of extra forward passes per view, about **{estimate}** for "
+            f"{n} on this server. Nothing runs until you press the button; one slow run at a time per "
+            "server, and Stop (or any change of setting) cancels it."
+            + (" The slow maps are computed without the test-time flip." if tta else ""),
+            icon=":material/timer:")
+    if st.button(f"Compute {method} for {n} (about {estimate})", key="viewer_slow_run", type="primary"):
+        return _run_views(model, result, method, target, keys, todo)
+    return {}
+
+
 def slow_panel(model: str, result: Any, method: str, target: str, *, tta: bool = False) -> Any:
     """The slow method's estimate and button for the study's views; the study with the maps computed so far.
 
     Views whose map is cached get it at once; for the others the panel shows the estimate and starts only
-    when its button is pressed.
+    when its button is pressed. A finished run leaves one line in place of the panel.
     """
     from mura_core.app import services
 
@@ -94,13 +108,11 @@ def slow_panel(model: str, result: Any, method: str, target: str, *, tta: bool =
     if todo:
         first = todo[0]
         per_view = services.slow_estimate(model, keys[first], method, result.views[first].input_image)
-        estimate = format_seconds(per_view * len(todo))
-        n = f"{len(todo)} view{'s' if len(todo) != 1 else ''}"
-        st.info(f"**{method} is slow**: hundreds of extra forward passes per view, about **{estimate}** for "
-                f"{n} on this server. Nothing runs until you press the button; one slow run at a time per "
-                "server, and Stop (or any change of setting) cancels it."
-                + (" The slow maps are computed without the test-time flip." if tta else ""),
-                icon=":material/timer:")
-        if st.button(f"Compute {method} for {n} (about {estimate})", key="viewer_slow_run", type="primary"):
-            runs.update(_run_views(model, result, method, target, keys, todo))
+        panel = st.empty()
+        with panel.container():
+            ran = _offer(model, result, method, target, keys, todo, format_seconds(per_view * len(todo)), tta)
+        runs.update(ran)
+        if ran and len(ran) == len(todo):
+            panel.success(f"{method}: {len(ran)} view{'s' if len(ran) != 1 else ''} in "
+                          f"{format_seconds(sum(r.seconds for r in ran.values()))}.", icon=":material/check:")
     return with_slow_maps(result, {i: run.heatmap for i, run in runs.items()}, method)

@@ -180,12 +180,14 @@ def test_slow_method_shows_an_estimate_and_runs_only_on_the_button(viewer: AppTe
     button = at.button(key="viewer_slow_run")
     assert "2 views" in button.label and "(about " in button.label
     assert not _overlays(at, "scorecam")
+    assert sum("No scorecam map yet" in i.value for i in at.info) == 2
     capfd.readouterr()
 
     at = button.click().run()
     assert not at.exception, at.exception
     assert runs == ["scorecam", "scorecam"]                   # one run per view
     assert len(_overlays(at, "scorecam")) == 2
+    assert any(s.value.startswith("scorecam: 2 views in ") for s in at.success)   # the panel gave way
     printed = capfd.readouterr()
     assert "it/s" not in printed.err + printed.out and "%|" not in printed.err + printed.out  # no tqdm bars
 
