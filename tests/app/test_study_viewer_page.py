@@ -214,6 +214,8 @@ def test_slow_run_waits_its_turn_while_another_holds_the_server(viewer: AppTest,
 
 
 def test_fast_methods_never_show_the_slow_panel(viewer: AppTest, monkeypatch):
+    offered = viewer.selectbox(key="viewer_cam").options
+    assert "scorecam (slow)" in offered and not [o for o in offered if o.startswith("rollout")]  # a CNN: no attention
     runs = _slow_runs(monkeypatch)
     at = _slow_study(viewer, "gradcam", seed=31)
     assert not at.exception, at.exception
