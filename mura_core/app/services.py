@@ -49,6 +49,7 @@ __all__ = [
     "loaded_models",
     "model_ready",
     "model_card",
+    "shipped_card",
     "model_report",
     "model_selector",
     "model_thresholds",
@@ -405,6 +406,22 @@ def model_card(name: str | None) -> Any:
     if name is None:
         return None
     return loaded_models(name)[0].card
+
+
+def shipped_card(name: str | None) -> Any:
+    """The ModelCard of an indexed checkpoint as its shipped evaluate report records it (sha256 matching the
+    index), read without torch or the model; None when the report cannot vouch for it (then `model_card`)."""
+    from mura_core.evaluation.reports import report_card
+    from mura_core.models.weights import read_index
+
+    if name is None:
+        return None
+    try:
+        entry = read_index(weights_folder())["models"].get(name) or {}
+    except Exception:  # an unreadable index: the page falls back to the loaded model
+        return None
+    report, _ = model_report(name)
+    return report_card(report, entry.get("sha256")) if report is not None else None
 
 
 def model_thresholds(name: str | None) -> dict[str, float]:
