@@ -60,3 +60,23 @@ def test_slow_methods_only_leave_no_features(predictor: Predictor):
     slow = sorted(m for m in SLOW_METHODS if m in predictor.cam_methods())[:1]
     if slow:
         assert predictor.run_batches_features(batches, slow)[2] is None
+
+
+def test_multilayer_maps_run_one_view_at_a_time_on_the_cpu_with_the_same_numbers(predictor: Predictor):
+    """The whole-network backward's graph (the app's peak memory) holds one view, not the study."""
+    from mura_core.explain.cams import MULTILAYER_METHODS
+
+    method = sorted(MULTILAYER_METHODS & set(predictor.cam_methods()))[0]
+    images = [grey_image(50 + 7 * i, 60, seed=i, square=(5 + i, 8, 12)) for i in range(3)]
+    whole_prob, whole_maps = predictor.run_batches_many(predictor.prepare(images), [method])
+    sizes: list[int] = []
+    handle = predictor.members[0].model.register_forward_hook(lambda _m, x, _o: sizes.append(int(x[0].shape[0])))
+    try:
+        prob, maps = predictor.predict_images(images, cam=method)
+    finally:
+        handle.remove()
+    assert sizes and set(sizes) == {1}                               # never more than one view per forward
+    assert predictor.chunk_size(method, 3) == 1 and predictor.chunk_size("gradcam", 3) == 3
+    assert np.allclose(prob, whole_prob, atol=1e-5)
+    combined = [predictor.combine_maps(whole_maps[method], i, img.shape) for i, img in enumerate(images)]
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(maps, combined))
