@@ -447,10 +447,18 @@ def model_report(name: str | None) -> tuple[dict[str, Any] | None, str]:
     if ref is None:
         return None, f"no evaluate report in {weights_folder()}/{name}.report"
     try:
-        report, _ = load_report_cached(str(ref.report))
+        report = _report_json_cached(str(ref.report), ref.report.stat().st_mtime)
     except Exception as exc:  # an unreadable report is reported, never raised into a page
         return None, f"{ref.report} could not be read ({exc})"
     return report, f"{ref.report.parent.name}/{ref.report.name}"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _report_json_cached(path: str, mtime: float) -> dict[str, Any]:
+    """A report.json alone (no predictions file): what Home and the sidebar quote on every page's first run."""
+    from mura_core.evaluation.reports import read_report
+
+    return read_report(Path(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
