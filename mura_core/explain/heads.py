@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Heads", "HeadsError", "heads_for", "predictor_heads", "heads_path", "save_heads", "load_heads", "sha256_bytes"]
+__all__ = ["Heads", "HeadsError", "heads_for", "predictor_heads", "heads_path", "save_heads", "load_heads",
+           "sha256_bytes"]
 
 class HeadsError(ValueError):
     """Heads file missing its record, changed since it was written, or fitted on another checkpoint."""

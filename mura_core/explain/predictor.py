@@ -52,8 +52,8 @@ from mura_core.models.weights import list_ensembles, load_weights, weights_folde
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
 from mura_core.explain.cams import (
-    CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, MULTILAYER_METHODS, SLOW_METHODS, TARGETS, ExplainError, default_method, explain_many,
-    heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
+    CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, MULTILAYER_METHODS, SLOW_METHODS, TARGETS, ExplainError, default_method,
+    explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
 from mura_core.explain.features import capture_pooled
 from mura_core.models.registry import get_arch

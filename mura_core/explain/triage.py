@@ -1,9 +1,10 @@
 """Checks a scored study gets before its numbers are shown: scope per view, body part for the study.
 
 `triage_study` takes the pooled features the scoring forward left on each view (what the model saw, never the
-display window; one extra feature pass only for a result without them) and applies the model's fitted heads (`explain.heads`) and the DICOM tags. `restrict_study`
-recomputes the study probability and decision over the in-scope views plus the ones the reader keeps,
-at the threshold of the body part in use; the per-view probabilities are untouched.
+display window; one extra feature pass only for a result without them) and applies the model's fitted heads
+(`explain.heads`) and the DICOM tags. `restrict_study` recomputes the study probability and decision over the
+in-scope views plus the ones the reader keeps, at the threshold of the body part in use; the per-view
+probabilities are untouched.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from mura_core.explain.features import predictor_features
 from mura_core.explain.heads import predictor_heads
 from mura_core.explain.scope import ScopeResult, check_scope
 
-__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views", "hide_excluded_scores", "view_features"]
+__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views", "hide_excluded_scores",
+           "view_features"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from mura_core.app import navigation, services, session, views
 from mura_core.evaluation import reports
 name = services.available_models().default
 card = services.shipped_card(name)
-print(name, card.name, card.arch, card.image_size, sorted(card.thresholds) == sorted(services.model_report(name)[0]['thresholds']))
+report, _ = services.model_report(name)
+print(name, card.name, card.arch, card.image_size, sorted(card.thresholds) == sorted(report['thresholds']))
 print('torch' in sys.modules)
 """
 
