@@ -31,6 +31,9 @@ PAGES = (
 current = navigation.navigation(PAGES)
 session.keep_widget_state()
 navigation.sidebar_links(PAGES)
-services.warm_up(services.model_selector())  # the model loads in the background; pages draw at once
+model = services.model_selector()
 st.sidebar.caption("Second-reader and teaching aid — not a diagnostic device.")
-current.run()
+try:
+    current.run()
+finally:  # after the page is drawn, so that importing torch does not hold up the first page
+    services.warm_up(model)  # the model loads in a background thread, once per server

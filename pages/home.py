@@ -18,42 +18,53 @@ st.markdown(
 st.warning(DISCLAIMER, icon=":material/info:")
 
 
+def model_in_use(name: str | None) -> None:
+    """The card summary with the shipped report's figures: read from the report without torch, else from the
+    loaded model once the background load is done."""
+    st.subheader("Model in use")
+    if name is None:
+        st.error(services.available_models().problem or "No model available.")
+        return
+    try:
+        report, source = services.model_report(name)
+        figures = reports.headline_metrics(report) if report is not None else {}
+        card = services.shipped_card(name)
+        if card is None and not services.model_ready(name):
+            st.caption(f"The card of {name} appears once the model is loaded.")
+            return
+        st.markdown(card_summary(card or services.model_card(name), figures, f"evaluate report {source}"))
+    except Exception as exc:  # shown as a message, never as a traceback
+        st.error(f"The model {name!r} could not be loaded: {exc}")
 
-def model_facts(name: str | None) -> None:
-    """The model card summary and the device (both need the loaded model and torch)."""
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Model in use")
-        if name is None:
-            st.error(services.available_models().problem or "No model available.")
-        else:
-            try:
-                report, source = services.model_report(name)
-                figures = reports.headline_metrics(report) if report is not None else {}
-                st.markdown(card_summary(services.model_card(name), figures, f"evaluate report {source}"))
-            except Exception as exc:  # shown as a message, never as a traceback
-                st.error(f"The model {name!r} could not be loaded: {exc}")
-    with right:
-        st.subheader("Device")
-        st.markdown(f"Models run on **{services.device_name()}**.")
-        st.caption("Models are loaded once per server and shared by every session; results are cached "
-                   "by image hash, so re-opening a study is instant.")
+
+def device_facts() -> None:
+    """Where models run (needs torch, so it waits for the background load)."""
+    st.subheader("Device")
+    st.markdown(f"Models run on **{services.device_name()}**.")
+    st.caption("Models are loaded once per server and shared by every session; results are cached "
+               "by image hash, so re-opening a study is instant.")
 
 
 @st.fragment(run_every=1.0)
-def model_facts_when_loaded(name: str) -> None:
+def device_when_loaded(name: str) -> None:
     """Until the background load is done: a note, checked every second; then the whole page again."""
     if services.model_ready(name):
         st.rerun()
-    st.info(f"Loading the model {name} in the background; its card and the device appear here in a moment. "
-            "The other pages are ready to use.", icon=":material/hourglass_top:")
+    st.subheader("Device")
+    st.info(f"Loading the model {name} in the background; the device appears here in a moment. "
+            "Every page is ready to use.", icon=":material/hourglass_top:")
 
 
 model = services.selected_model()
-if services.model_ready(model, wait=1.0):
-    model_facts(model)
-else:
-    model_facts_when_loaded(model)
+left, right = st.columns(2)
+with left:
+    model_in_use(model)
 
 st.subheader("Where to go")
 navigation.page_links()
+
+with right:  # last: asking whether the model is ready starts its background load (torch) after the page is drawn
+    if model is None or services.model_ready(model):
+        device_facts()
+    else:
+        device_when_loaded(model)

@@ -49,6 +49,7 @@ __all__ = [
     "loaded_models",
     "model_ready",
     "model_card",
+    "shipped_card",
     "model_report",
     "model_selector",
     "model_thresholds",
@@ -408,6 +409,22 @@ def model_card(name: str | None) -> Any:
     return loaded_models(name)[0].card
 
 
+def shipped_card(name: str | None) -> Any:
+    """The ModelCard of an indexed checkpoint as its shipped evaluate report records it (sha256 matching the
+    index), read without torch or the model; None when the report cannot vouch for it (then `model_card`)."""
+    from mura_core.evaluation.reports import report_card
+    from mura_core.models.weights import read_index
+
+    if name is None:
+        return None
+    try:
+        entry = read_index(weights_folder())["models"].get(name) or {}
+    except Exception:  # an unreadable index: the page falls back to the loaded model
+        return None
+    report, _ = model_report(name)
+    return report_card(report, entry.get("sha256")) if report is not None else None
+
+
 def model_thresholds(name: str | None) -> dict[str, float]:
     """The model card's thresholds (body part -> threshold; "default" always present)."""
     try:
@@ -431,10 +448,18 @@ def model_report(name: str | None) -> tuple[dict[str, Any] | None, str]:
     if ref is None:
         return None, f"no evaluate report in {weights_folder()}/{name}.report"
     try:
-        report, _ = load_report_cached(str(ref.report))
+        report = _report_json_cached(str(ref.report), ref.report.stat().st_mtime)
     except Exception as exc:  # an unreadable report is reported, never raised into a page
         return None, f"{ref.report} could not be read ({exc})"
     return report, f"{ref.report.parent.name}/{ref.report.name}"
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _report_json_cached(path: str, mtime: float) -> dict[str, Any]:
+    """A report.json alone (no predictions file): what Home and the sidebar quote on every page's first run."""
+    from mura_core.evaluation.reports import read_report
+
+    return read_report(Path(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mura_core.data.studies import BodyPart, Box, Study
@@ -326,6 +325,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def to_png_bytes(image: np.ndarray) -> bytes:
     """PNG bytes of a grey (H, W) or RGB (H, W, 3) image (float 0..1 or uint8), kept in memory."""
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     arr = to_uint8(image)
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -356,6 +357,8 @@ def zoom_crop(image: np.ndarray, zoom: float, centre: tuple[float, float] | None
 def draw_boxes(image: np.ndarray, boxes: Sequence[Box], colour: tuple[int, int, int] = BOX_COLOUR,
                thickness: int | None = None) -> np.ndarray:
     """An RGB uint8 copy of `image` with the normalised (x0, y0, x1, y1) boxes outlined."""
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     arr = to_uint8(image)
     rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
     if not boxes:
@@ -374,6 +377,8 @@ def thumbnail(image: np.ndarray, size: int = 160, *, square: bool = False) -> np
 
     With `square`, it is centred on a black `size` x `size` canvas, so a grid of thumbnails lines up.
     """
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     arr = to_uint8(image)
     h, w = arr.shape[:2]
     scale = size / max(h, w)
@@ -446,6 +451,8 @@ def colour_legend(colormap: str, *, height: int = 240, width: int = 90, scale: s
 
     The top tick reads "max" for the own-maximum scale and "1.0" (= certain) for the shared scale.
     """
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     from mura_core.explain.cams import COLORMAPS
 
     key = colormap.lower().removeprefix("colormap_")
@@ -466,6 +473,8 @@ def colour_legend(colormap: str, *, height: int = 240, width: int = 90, scale: s
 def mark_peak(image: np.ndarray, peak: tuple[float, float] | None, colour: tuple[int, int, int] = (0, 255, 0)
               ) -> np.ndarray:
     """An RGB uint8 copy of `image` with a cross at `peak` (x, y in 0..1); unchanged without a peak."""
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     arr = to_uint8(image)
     rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
     if peak is None:
@@ -479,6 +488,8 @@ def mark_peak(image: np.ndarray, peak: tuple[float, float] | None, colour: tuple
 
 def with_legend(image: np.ndarray, legend: np.ndarray) -> np.ndarray:
     """The RGB image with the colour legend beside it (legend resized to the image's height)."""
+    import cv2  # here, not at the top: Home draws without loading OpenCV
+
     rgb = to_uint8(image)
     rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb
     h = rgb.shape[0]

@@ -1,7 +1,8 @@
 """The Worklist page's helpers: score a folder in this session, filter the rows, table and CSV.
 
 Scoring runs `evaluation.worklist.score_studies` on the app's shared Predictor (scores only, decoding in
-this process: no worker processes are forked from the server) and keeps the rows in the session; nothing
+this process: no worker processes are forked from the server), each view's scope checked by the model's fitted
+heads on the features of its scoring forward, and keeps the rows in the session; nothing
 is written to disk. The CSV download is `evaluation.worklist.worklist_csv` of every row.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import streamlit as st
 from mura_core.app import services
 from mura_core.data.roots import is_within
 from mura_core.evaluation.worklist import NOT_CHECKED, WorklistRow, score_studies, sorted_rows
+from mura_core.explain.heads import predictor_heads
 
 __all__ = ["SCOPE_KINDS", "filter_rows", "run_worklist", "scope_kind", "table_rows", "worklist_rows"]
 
@@ -91,7 +93,9 @@ def run_worklist(model: str, data: str, progress: Callable[[int, int], None] | N
 
     rows: list[WorklistRow] = []
     predictor = services.get_predictor(model)
-    for done in score_studies(predictor, studies, batch_size=16, workers=0, on_images=advance):
+    heads, refused = predictor_heads(predictor)
+    problems += [f"scope check not available: {refused}"] if refused else []
+    for done in score_studies(predictor, studies, batch_size=16, workers=0, heads=heads, on_images=advance):
         rows.extend(done)
     rows = sorted_rows(rows)
     st.session_state.setdefault(_KEY, {})[_key(model, str(resolved))] = rows

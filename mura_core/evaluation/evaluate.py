@@ -128,14 +128,15 @@ class ViewDataset(Dataset):
         from mura_core.imaging.preprocess import to_model_input
 
         try:
-            pixels = decode_view(self.views[i]).pixels
+            decoded = decode_view(self.views[i])
         except DecodeError as error:
             return {"index": i, "error": error.reason}
         except Exception as error:  # noqa: BLE001 - one bad file never stops a run
             return {"index": i, "error": f"could not read ({type(error).__name__})"}
+        pixels = decoded.pixels
         inputs = [to_model_input(pixels, c) for c in self.configs]
         return {"index": i, "error": None, "inputs": inputs, "shape": tuple(pixels.shape[:2]),
-                "scope": self._scope_warning(pixels)}
+                "scope": self._scope_warning(pixels), "meta": decoded.meta}
 
 
 def _keep_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

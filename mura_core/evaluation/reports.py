@@ -40,6 +40,7 @@ __all__ = [
     "load_report",
     "read_predictions",
     "read_report",
+    "report_card",
     "shipped_report",
     "thresholds_of",
     "write_predictions",
@@ -277,6 +278,23 @@ def thresholds_of(report: Mapping[str, Any]) -> dict[str, float]:
         return thresholds_of({"thresholds": card["thresholds"]})
     return {"default": 0.5}
 
+
+def report_card(report: Mapping[str, Any], sha256: str | None) -> Any:
+    """The `ModelCard` a report recorded for the checkpoint it scored, when that checkpoint's sha256 is
+    `sha256` (so the card describes the file in use); None otherwise (an ensemble, another file, no card).
+    Read without torch: the app's Home describes its model before the model is loaded."""
+    from mura_core.models.card import CheckpointError, ModelCard
+
+    model = report.get("model")
+    if not sha256 or not isinstance(model, Mapping) or model.get("sha256") != sha256:
+        return None
+    card = model.get("card")
+    if not isinstance(card, Mapping):
+        return None
+    try:
+        return ModelCard.from_dict(dict(card))
+    except (CheckpointError, TypeError, ValueError):
+        return None
 
 # ----------------------------------------------------------------------------------------------
 # quoting a report (Home, Model card, the card markdown files, README)

@@ -3,10 +3,14 @@
 The feature map is the output of the architecture's CAM layer (`ArchSpec.cam_target_layer`, turned into
 (N, C, h, w) by its `reshape_transform` for token models), averaged over space: (N, C). This works for
 every registered model without knowing its head, so the heads fitted on top (`explain.heads`) are
-model-agnostic. One forward per batch, under the model's lock (the Predictor shares the model).
+model-agnostic. `capture_pooled` takes them from a forward that runs anyway (the Predictor's scoring pass,
+so the scope check costs no second forward); `pooled_features` runs one forward per batch for them alone.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,33 +19,43 @@ import torch
 from mura_core.explain.cams import model_lock
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 
-__all__ = ["pooled_features", "predictor_features"]
+__all__ = ["capture_pooled", "pooled_features", "predictor_features"]
+
+
+@contextmanager
+def capture_pooled(model: torch.nn.Module, spec: Any) -> Iterator[list[np.ndarray]]:
+    """While open, the first forward of this thread through `model` leaves its (N, C) float32 pooled features
+    in the yielded list (later forwards, and other threads', are ignored). Hold `model_lock(model)` around it
+    when the model is shared."""
+    layer = spec.cam_target_layer(model)
+    reshape = getattr(spec, "reshape_transform", None)
+    owner = threading.get_ident()
+    found: list[np.ndarray] = []
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        if found or threading.get_ident() != owner or not isinstance(output, torch.Tensor):
+            return
+        with torch.no_grad():
+            maps = output.detach()
+            maps = reshape(maps) if reshape is not None else maps
+            found.append(maps.float().mean(dim=(2, 3)).cpu().numpy())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield found
+    finally:
+        handle.remove()
 
 
 def pooled_features(model: torch.nn.Module, spec: Any, config: PreprocessConfig, images: Sequence[np.ndarray], *,
                     device: torch.device | str = "cpu", batch_size: int = 32) -> np.ndarray:
     """(N, C) float32 spatially averaged features of decoded 2-D images (0..1, any size)."""
-    layer = spec.cam_target_layer(model)
-    reshape = getattr(spec, "reshape_transform", None)
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        captured.append(output.detach())
-
     chunks: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         batch = torch.stack([to_model_input(img, config) for img in images[start:start + batch_size]])
-        captured.clear()
-        with model_lock(model), torch.inference_mode():
-            handle = layer.register_forward_hook(hook)
-            try:
-                model(batch.to(device, dtype=torch.float32))
-            finally:
-                handle.remove()
-        maps = captured[-1]
-        if reshape is not None:
-            maps = reshape(maps)
-        chunks.append(maps.float().mean(dim=(2, 3)).cpu().numpy())
+        with model_lock(model), capture_pooled(model, spec) as found, torch.inference_mode():
+            model(batch.to(device, dtype=torch.float32))
+        chunks.append(found[0])
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32)

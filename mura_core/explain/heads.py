@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Heads", "HeadsError", "heads_for", "heads_path", "save_heads", "load_heads", "sha256_bytes"]
+__all__ = ["Heads", "HeadsError", "heads_for", "predictor_heads", "heads_path", "save_heads", "load_heads",
+           "sha256_bytes"]
 
 class HeadsError(ValueError):
     """Heads file missing its record, changed since it was written, or fitted on another checkpoint."""
@@ -158,3 +159,9 @@ def heads_for(checkpoint: str | Path, checkpoint_sha256: str | None) -> tuple[He
         return load_heads(path, expected_sha256=expected, checkpoint_sha256=checkpoint_sha256), None
     except (HeadsError, OSError, ValueError, KeyError) as error:
         return None, str(error)
+
+
+def predictor_heads(predictor: Any) -> tuple[Heads | None, str | None]:
+    """`heads_for` a `Predictor`'s first model (an ensemble's heads belong to its first member)."""
+    loaded = predictor.loaded[0]
+    return heads_for(loaded.path, loaded.sha256)

@@ -23,6 +23,10 @@ Determinism: models are in eval mode, nothing is random, and on CUDA cuDNN is se
 algorithms (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``); the same input gives
 the same numbers on the same device.
 
+Features: the scoring forward also leaves the first model's pooled features on each `ViewResult`
+(`explain.features.capture_pooled`), so the scope check and the body-part suggestion (`explain.triage`)
+need no second forward.
+
 Thread safety: every forward through a member holds that model's lock (`explain.model_lock`), so one
 `Predictor` may be shared by many threads (e.g. Streamlit sessions).
 
@@ -48,9 +52,10 @@ from mura_core.models.weights import list_ensembles, load_weights, weights_folde
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
 from mura_core.explain.cams import (
-    CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, TARGETS, ExplainError, default_method, explain_many, heatmap_peak, model_lock,
-    normalise_map, resize_heatmap, supports_method,
+    CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, MULTILAYER_METHODS, SLOW_METHODS, TARGETS, ExplainError, default_method,
+    explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
+from mura_core.explain.features import capture_pooled
 from mura_core.models.registry import get_arch
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
@@ -80,6 +85,9 @@ class ViewResult:
     own default window, so window/level never changes a score. None when `image` is what it saw."""
     scope: Any = None
     """The scope check (`explain.scope.ScopeResult`) when the model has fitted heads, else None."""
+    features: np.ndarray | None = field(default=None, repr=False)
+    """(C,) pooled features of the first model from the scoring forward (`explain.features`), the input of
+    the scope and body-part heads; None when that forward did not run through the model (slow methods)."""
 
     @property
     def input_image(self) -> np.ndarray | None:
@@ -310,6 +318,21 @@ class Predictor:
                 maps[m].append(member_maps[m])
         return np.mean(probs, axis=0), maps
 
+    def run_batches_features(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str] = (),
+                             *, target: str = "abnormal", tta: bool = False
+                             ) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
+        """`run_batches_many` plus the first member's (N, C) pooled features taken from that same forward
+        (`explain.features.capture_pooled`): the scope and body-part heads need no second forward. Features are
+        None when only slow methods were asked (they run on a private copy of the model)."""
+        member = self.members[0]
+        if methods and all(m in SLOW_METHODS for m in methods):
+            return (*self.run_batches_many(batches, methods, target=target, tta=tta), None)
+        with model_lock(member.model), capture_pooled(member.model, member.spec) as found:
+            prob, maps = self.run_batches_many(batches, methods, target=target, tta=tta)
+        n = len(prob)
+        features = found[0][:n] if found and len(found[0]) >= n else None  # with tta: the unflipped rows
+        return prob, maps, features
+
     @staticmethod
     def combine_maps(member_maps: Sequence[np.ndarray], index: int, size: tuple[int, int]) -> np.ndarray:
         """Image `index`'s heat map at `size` (H, W): members' maps resized, averaged, renormalised."""
@@ -322,13 +345,36 @@ class Predictor:
                        target: str = "abnormal", tta: bool = False
                        ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Probabilities (N,) and heat maps at each image's own size (or None) for decoded 2-D images."""
-        if not len(images):
-            return np.zeros(0), ([] if cam is not None else None)
-        prob, member_maps = self.run_batches(self.prepare(images), cam=cam, target=target, tta=tta)
-        if member_maps is None:
-            return prob, None
-        heatmaps = [self.combine_maps(member_maps, i, np.asarray(img).shape[:2]) for i, img in enumerate(images)]
+        prob, heatmaps, _ = self._score_images(images, cam=cam, target=target, tta=tta)
         return prob, heatmaps
+
+    def chunk_size(self, cam: str | None, count: int) -> int:
+        """How many images to score per forward: all of them, except one at a time for a multi-layer heat map
+        on the CPU (`explain.MULTILAYER_METHODS`: a backward through the whole network, whose autograd graph
+        grows with the batch and is the app's peak memory: 1.98 GB for 3 DenseNet-169 views at 320 px in one
+        batch, 1.3 GB one by one; on the CPU a smaller batch costs no speed)."""
+        methods = {self._method_for(m, cam) for m in self.members} if cam is not None else set()
+        return 1 if self.device.type == "cpu" and methods & MULTILAYER_METHODS else max(1, count)
+
+    def _score_images(self, images: Sequence[np.ndarray], *, cam: str | None, target: str, tta: bool
+                      ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
+        """`predict_images` plus the pooled features of the same forward (None when it has none), in chunks of
+        `chunk_size` images."""
+        if not len(images):
+            return np.zeros(0), ([] if cam is not None else None), None
+        step = self.chunk_size(cam, len(images))
+        if step < len(images):
+            parts = [self._score_images(images[i:i + step], cam=cam, target=target, tta=tta)
+                     for i in range(0, len(images), step)]
+            features = [f for _, _, f in parts]
+            return (np.concatenate([p for p, _, _ in parts]), [h for _, maps, _ in parts for h in maps or []],
+                    None if any(f is None for f in features) else np.concatenate(features))
+        prob, maps, features = self.run_batches_features(self.prepare(images), [cam] if cam is not None else [],
+                                                         target=target, tta=tta)
+        if cam is None:
+            return prob, None, features
+        heatmaps = [self.combine_maps(maps[cam], i, np.asarray(img).shape[:2]) for i, img in enumerate(images)]
+        return prob, heatmaps, features
 
     # ------------------------------------------------------------------ studies
 
@@ -367,10 +413,11 @@ class Predictor:
         results = [_decode(view, window) for view in view_list]
         good = [i for i, r in enumerate(results) if r.image is not None]
         if good:
-            prob, heatmaps = self.predict_images([results[i].input_image for i in good], cam=cam, target=target,
-                                                 tta=tta)
+            prob, heatmaps, features = self._score_images([results[i].input_image for i in good], cam=cam,
+                                                          target=target, tta=tta)
             for k, i in enumerate(good):
                 results[i].probability = float(prob[k])
+                results[i].features = None if features is None else features[k]
                 if heatmaps is not None:
                     results[i].heatmap = heatmaps[k]
                     results[i].peak = heatmap_peak(heatmaps[k]) if heatmaps[k].max() > 0 else None

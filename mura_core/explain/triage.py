@@ -1,24 +1,28 @@
 """Checks a scored study gets before its numbers are shown: scope per view, body part for the study.
 
-`triage_study` runs one extra feature pass over the decoded views (what the model saw, never the display
-window) and applies the model's fitted heads (`explain.heads`) and the DICOM tags. `restrict_study`
-recomputes the study probability and decision over the in-scope views plus the ones the reader keeps,
-at the threshold of the body part in use; the per-view probabilities are untouched.
+`triage_study` takes the pooled features the scoring forward left on each view (what the model saw, never the
+display window; one extra feature pass only for a result without them) and applies the model's fitted heads
+(`explain.heads`) and the DICOM tags. `restrict_study` recomputes the study probability and decision over the
+in-scope views plus the ones the reader keeps, at the threshold of the body part in use; the per-view
+probabilities are untouched.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from mura_core.data.studies import BodyPart, study_probability, threshold_for
 from mura_core.explain.body_part import BodyPartSuggestion, suggest_body_part
 from mura_core.explain.features import predictor_features
-from mura_core.explain.heads import heads_for
+from mura_core.explain.heads import predictor_heads
 from mura_core.explain.scope import ScopeResult, check_scope
 
-__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views", "hide_excluded_scores"]
+__all__ = ["Triage", "triage_study", "restrict_study", "excluded_views", "hide_excluded_scores",
+           "view_features"]
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,24 @@ class Triage:
 
 def triage_study(predictor: Any, result: Any) -> Triage:
     """Scope of every decoded view of a scored study and the study's body-part suggestion."""
-    loaded = predictor.loaded[0]
-    heads, problem = heads_for(loaded.path, loaded.sha256)
+    heads, problem = predictor_heads(predictor)
     good = [i for i, v in enumerate(result.views) if v.input_image is not None]
     metas = [result.views[i].meta for i in good]
-    features = predictor_features(predictor, [result.views[i].input_image for i in good]) \
-        if heads is not None and good else None
+    features = view_features(predictor, [result.views[i] for i in good]) if heads is not None and good else None
     checked = check_scope(heads, features, metas)
     scopes: list[ScopeResult | None] = [None] * len(result.views)
     for i, scope in zip(good, checked):
         scopes[i] = scope
     use = [s is None or s.in_scope for s in checked]
     return Triage(tuple(scopes), suggest_body_part(heads, features, metas, use), problem)
+
+
+def view_features(predictor: Any, views: Sequence[Any]) -> np.ndarray:
+    """(N, C) pooled features of scored views: those the scoring forward kept, else one feature pass."""
+    kept = [getattr(v, "features", None) for v in views]
+    if all(f is not None for f in kept):
+        return np.stack(kept).astype(np.float32)
+    return predictor_features(predictor, [v.input_image for v in views])
 
 
 def excluded_views(triage: Triage, keep: Collection[int] = ()) -> list[int]:

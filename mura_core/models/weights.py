@@ -10,13 +10,15 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mura_core.data.roots import REPO_ROOT
-from mura_core.models.checkpoints import CheckpointError, LoadedModel, ModelCard, load_checkpoint
-from mura_core.models.registry import get_arch
+from mura_core.models.card import CheckpointError, ModelCard
+
+if TYPE_CHECKING:  # torch loads only with a model: the app's pages read the index without it
+    import torch
+
+    from mura_core.models.checkpoints import LoadedModel
 
 __all__ = [
     "INDEX_NAME",
@@ -87,6 +89,8 @@ def register_weights(path: str | Path, card: ModelCard, sha256: str, *, descript
     """Add (or replace) one checkpoint in the index; `default` makes it the app's default."""
     weights_dir = weights_folder(weights_dir)
     index = read_index(weights_dir)
+    from mura_core.models.registry import get_arch
+
     path = Path(path)
     try:
         file = str(path.resolve().relative_to(Path(weights_dir).resolve()))
@@ -136,6 +140,8 @@ def resolve_weights(name_or_path: str | Path | None = None,
 def load_weights(name: str | Path | None = None, device: str | torch.device = "cpu",
                  weights_dir: str | Path | None = None) -> LoadedModel:
     """Load indexed weights by name (sha256 verified) or a checkpoint file by path."""
+    from mura_core.models.checkpoints import load_checkpoint
+
     weights_dir = weights_folder(weights_dir)
     path, sha = resolve_weights(name, weights_dir)
     return load_checkpoint(path, expected_sha256=sha, device=device)

@@ -21,8 +21,14 @@ def app(weights: Path, monkeypatch) -> AppTest:
 
 
 def test_home_explains_tool_model_and_device(app: AppTest):
+    from mura_core.app import services
+
+    first = " ".join(m.value for m in app.markdown) + " ".join(w.value for w in app.warning)
+    assert "not a diagnostic device" in first                  # drawn at once, never waiting for the model
+    assert services.model_ready(TINY_NAME, wait=120)            # app.py started the background load
+    app.run()
+    assert not app.exception, app.exception
     text = " ".join(m.value for m in app.markdown) + " ".join(w.value for w in app.warning)
-    assert "not a diagnostic device" in text
     assert TINY_NAME in text and "shallow_cnn" in text
     assert "Models run on" in text
     assert app.selectbox(key="sidebar_model").value == TINY_NAME

@@ -75,3 +75,20 @@ def test_filters_combine():
     assert [r.study for r in app_worklist.filter_rows(rows, scopes=["out of scope"])] == ["b"]
     assert [r.study for r in app_worklist.filter_rows(rows, scopes=["warning"], decisions=["not scored"])] == ["c"]
     assert app_worklist.filter_rows(rows, body_parts=["WRIST"], decisions=["normal"]) == []
+
+
+def test_shipped_model_checks_every_views_scope(monkeypatch, tmp_path: Path):
+    """With the shipped default model's heads, a generated photograph in the folder is flagged and filterable."""
+    from mura_core.imaging.synthetic import generate
+
+    (tmp_path / "d" / "XR_HAND_photo").mkdir(parents=True)
+    name, data = generate("photo", 5)
+    (tmp_path / "d" / "XR_HAND_photo" / name).write_bytes(data)
+    at = _score(open_page(Path(__file__).resolve().parents[2] / "weights", monkeypatch, "pages/worklist.py"),
+                tmp_path / "d")
+    (scope,) = at.dataframe[0].value["scope"]
+    assert name in scope and "outside what this model was trained for" in scope
+    at.multiselect(key="worklist_scopes").set_value(["warning"]).run()
+    assert len(at.dataframe[0].value) == 1
+    at.multiselect(key="worklist_scopes").set_value(["not checked"]).run()
+    assert len(at.dataframe) == 0 or len(at.dataframe[0].value) == 0

@@ -75,3 +75,17 @@ def test_two_gloo_ranks_merge_one_worklist(weights: Path, data: Path, tmp_path: 
     assert [r["study"] for r in two] == [r["study"] for r in one]
     assert [float(r["probability"] or "nan") for r in two] == pytest.approx(
         [float(r["probability"] or "nan") for r in one], abs=1e-5, nan_ok=True)
+
+
+def test_score_flags_a_generated_photo_with_the_shipped_heads(capsys, tmp_path: Path):
+    """The default shipped model's fitted heads check every view from its scoring forward."""
+    from mura_core.imaging.synthetic import generate
+
+    (tmp_path / "d" / "XR_HAND_photo").mkdir(parents=True)
+    name, data = generate("photo", 3)
+    (tmp_path / "d" / "XR_HAND_photo" / name).write_bytes(data)
+    code = score_cli.cli_main([str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--device", "cpu",
+                               "--workers", "0", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    (row,) = _rows(tmp_path / "o" / "worklist.csv")
+    assert row["scope"].startswith(f"XR_HAND_photo/{name}: Looks like") and "outside what this model" in row["scope"]

@@ -81,3 +81,14 @@ def test_aggregate_studies_mean_max_and_errors():
     assert mx[0].probability == pytest.approx(0.8)
     with pytest.raises(ValueError):
         M.aggregate_studies(rows, "median")
+
+
+def test_report_card_only_for_the_checkpoint_it_scored():
+    card = {"name": "m", "arch": "shallow_cnn", "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+            "thresholds": {"default": 0.4, "WRIST": 0.3}}
+    report = {"model": {"name": "m", "sha256": "abc", "card": card}}
+    found = M.report_card(report, "abc")
+    assert (found.name, found.image_size, found.threshold_for("WRIST")) == ("m", 64, 0.3)
+    assert M.report_card(report, "other") is None               # another file: the report cannot vouch for it
+    assert M.report_card(report, None) is None
+    assert M.report_card({"model": {"sha256": "abc", "card": {"name": "m"}}}, "abc") is None  # incomplete card

@@ -1,0 +1,29 @@
+"""The first page draws without torch: Home's imports and its model card come from the shipped report."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_HOME = """
+import sys
+from mura_core.app import navigation, services, session, views
+from mura_core.evaluation import reports
+name = services.available_models().default
+card = services.shipped_card(name)
+report, _ = services.model_report(name)
+print(name, card.name, card.arch, card.image_size, sorted(card.thresholds) == sorted(report['thresholds']))
+print('torch' in sys.modules)
+"""
+
+
+def test_home_imports_and_card_need_no_torch():
+    """What app.py and Home import, and the shipped card Home quotes, load without importing torch."""
+    proc = subprocess.run([sys.executable, "-c", _HOME], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HOME": "/tmp"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    assert first == "lite0_multisource lite0_multisource efficientnet_lite0 224 True"
+    assert second == "False"
