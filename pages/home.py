@@ -28,11 +28,13 @@ def model_in_use(name: str | None) -> None:
     try:
         report, source = services.model_report(name)
         figures = reports.headline_metrics(report) if report is not None else {}
+        by_source = reports.per_source_headlines(report) if report is not None else {}
         card = services.shipped_card(name)
         if card is None and not services.model_ready(name):
             st.caption(f"The card of {name} appears once the model is loaded.")
             return
-        st.markdown(card_summary(card or services.model_card(name), figures, f"evaluate report {source}"))
+        st.markdown(card_summary(card or services.model_card(name), figures, f"evaluate report {source}",
+                                 by_source))
     except Exception as exc:  # shown as a message, never as a traceback
         st.error(f"The model {name!r} could not be loaded: {exc}")
 

@@ -285,11 +285,13 @@ def meta_rows(meta: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card") -> str:
+def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card",
+                 by_source: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """A few markdown lines about a ModelCard: name, architecture, input size, data, key figures, threshold.
 
     `figures` are the metrics to quote (the app passes the shipped evaluate report's, with `source` naming
-    it); without them the card's own metrics are quoted and labelled as the card's.
+    it); without them the card's own metrics are quoted and labelled as the card's. `by_source` (data source
+    -> n, auc, kappa) adds one line per source: a pooled AUC over sources hides how each one fares.
     """
     if card is None:
         return "No model card."
@@ -302,8 +304,12 @@ def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: 
         figures = metrics.get("overall", metrics) if isinstance(metrics, dict) else {}
     shown = [f"{key} {figures[key]:.3f}" for key in ("auc", "kappa", "sensitivity", "specificity")
              if isinstance(figures.get(key), (int, float))]
-    lines.append(f"Validation ({source}): " + ", ".join(shown) + "." if shown
+    pooled = " pooled over sources" if by_source and len(by_source) > 1 else ""
+    lines.append(f"Validation{pooled} ({source}): " + ", ".join(shown) + "." if shown
                  else f"No validation figures ({source}).")
+    for name, row in (by_source or {}).items():
+        kappa = f", kappa {row['kappa']:.3f}" if "kappa" in row else ""
+        lines.append(f"- {name}: auc {row['auc']:.3f}{kappa} ({int(row.get('n', 0))} in-scope images)")
     thresholds = getattr(card, "thresholds", None) or {}
     if "default" in thresholds:
         lines.append(f"Default threshold {format_probability(thresholds['default'])}"

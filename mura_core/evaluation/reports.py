@@ -36,6 +36,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "find_reports",
     "headline_metrics",
+    "per_source_headlines",
     "metrics_markdown",
     "load_report",
     "read_predictions",
@@ -308,6 +309,17 @@ def headline_metrics(report: Mapping[str, Any], level: str = "image") -> dict[st
     """The report's overall figures at `level` ("image" or "study"), the undefined ones left out."""
     overall = (report.get(f"{level}_level") or {}).get("overall") or {}
     return {k: float(overall[k]) for k in HEADLINE_METRICS if isinstance(overall.get(k), (int, float))}
+
+
+def per_source_headlines(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Each source's in-scope image-level figures (n, auc, kappa), for reports over several sources."""
+    found = {}
+    for name, source in (report.get("by_source") or {}).items():
+        overall = (source.get("image_level") or {}).get("overall") or {}
+        figures = {k: float(overall[k]) for k in ("n", "auc", "kappa") if isinstance(overall.get(k), (int, float))}
+        if "auc" in figures:
+            found[name] = figures
+    return found
 
 
 def _with_ci(overall: Mapping[str, Any], name: str) -> str:

@@ -237,3 +237,7 @@ def test_card_summary_mentions_arch_metrics_threshold():
     text = card_summary(Card())
     assert "tiny" in text and "shallow_cnn" in text and "auc 0.810" in text and "42.0%" in text
     assert card_summary(None) == "No model card."
+    two = card_summary(Card(), {"auc": 0.7}, "report", {"FracAtlas": {"n": 257, "auc": 0.84, "kappa": 0.35},
+                                                        "bone-fracture-xr": {"n": 311, "auc": 0.82}})
+    assert "pooled over sources" in two and "FracAtlas: auc 0.840, kappa 0.350 (257 in-scope images)" in two
+    assert "bone-fracture-xr: auc 0.820 (311" in two and "pooled" not in card_summary(Card(), {"auc": 0.7})

@@ -92,3 +92,11 @@ def test_report_card_only_for_the_checkpoint_it_scored():
     assert M.report_card(report, "other") is None               # another file: the report cannot vouch for it
     assert M.report_card(report, None) is None
     assert M.report_card({"model": {"sha256": "abc", "card": {"name": "m"}}}, "abc") is None  # incomplete card
+
+
+def test_per_source_headlines_keep_sources_with_an_auc():
+    report = {"by_source": {
+        "FracAtlas": {"image_level": {"overall": {"n": 257, "auc": 0.84, "kappa": 0.3, "ci": {}}}},
+        "one-class": {"image_level": {"overall": {"n": 10, "auc": None}}}}}
+    assert M.per_source_headlines(report) == {"FracAtlas": {"n": 257.0, "auc": 0.84, "kappa": 0.3}}
+    assert M.per_source_headlines({}) == {}
