@@ -12,7 +12,7 @@ from fixtures.build import build_manifest_folder
 
 from mura_core import bench
 from mura_core.bench import BenchConfig, Subject
-from mura_core.explain.cams import DEFAULT_CAM
+from mura_core.explain.cams import FALLBACK_CAM
 
 TINY = ["--random-weights", "--arch", "shallow_cnn", "--image-size", "32", "--quick", "--repeats", "1",
         "--limit", "6", "--profile"]
@@ -64,8 +64,8 @@ def test_random_weights_are_labelled_and_scenarios_measured(quick_run: tuple[dic
     assert "RANDOM WEIGHTS" in table and "Load average" in table
     sub = result["subjects"][0]
     assert sub["image_size"] == 32 and sub["views"] == 3 and sub["views_source"] == "real"
-    # shallow_cnn has no pool + Linear head: classic CAM is skipped; the default map is the table's
-    assert sub["default_cam"] == DEFAULT_CAM and "cam" not in sub["latency_s"]
+    # shallow_cnn has no pool + Linear head: classic CAM (the table's default) is skipped, Grad-CAM stands in
+    assert sub["default_cam"] == FALLBACK_CAM and "cam" not in sub["latency_s"]
     for name in ("scores", "scores_tta", "gradcam", "gradcam_tta", "hirescam", "hirescam_tta"):
         assert sub["latency_s"][name] > 0, name
     assert sub["evaluate_images"] == 4 and "evaluate_dataset" in sub["evaluate_source"]

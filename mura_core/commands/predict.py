@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="folder holding index.json (default: $MURA_WEIGHTS_DIR, else the repo's weights/)")
     parser.add_argument("--cam", default="auto", choices=["auto", "none", *CAM_METHODS],
-                        help="heat-map method (default auto: the CAM table's default, layercam-fused, where "
+                        help="heat-map method (default auto: the CAM table's default, classic CAM, where "
                              "the model allows, else Grad-CAM; none: scores only; scorecam/ablationcam are slow)")
     parser.add_argument("--target", default="abnormal", choices=["abnormal", "normal"],
                         help="which decision the heat map explains")

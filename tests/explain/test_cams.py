@@ -173,7 +173,7 @@ def test_hybrid_gradcam_is_not_blank():
 def test_classic_cam_refused_without_pooled_head():
     model = create_model("shallow_cnn").eval()
     spec = get_arch("shallow_cnn")
-    assert E.default_method(model, spec) == E.DEFAULT_CAM != "cam"
+    assert E.default_method(model, spec) == E.FALLBACK_CAM != E.DEFAULT_CAM == "cam"
     assert "cam" not in E.available_methods(model, spec)
     with pytest.raises(E.ExplainError):
         E.explain_batch(model, spec, torch.zeros(1, 3, 32, 32), "cam")
@@ -321,9 +321,10 @@ def test_overlay_alpha_extremes_and_colour_order():
         E.overlay(image, heat, alpha=1.5)
 
 
-# the table's default (layercam-fused) runs on every registered architecture
-EXPECTED_DEFAULT = {arch: E.DEFAULT_CAM for arch in ("densenet169", "densenet121", "efficientnet_lite0", "mobilenet_v2",
-                                                     "resnet50", "hybrid", "shallow_cnn", "vgg19_bn")}
+# the table's default (classic CAM) where the head is "pool + one Linear", else Grad-CAM
+EXPECTED_DEFAULT = {**{arch: E.DEFAULT_CAM for arch in ("densenet169", "densenet121", "efficientnet_lite0",
+                                                        "mobilenet_v2", "resnet50")},
+                    **{arch: E.FALLBACK_CAM for arch in ("hybrid", "shallow_cnn", "vgg19_bn")}}
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED_DEFAULT))

@@ -10,7 +10,7 @@ import torch
 from fixtures.score import grey_image, tiny_checkpoint, weights_folder, write_png
 
 from mura_core.models.checkpoints import load_checkpoint
-from mura_core.explain.cams import DEFAULT_CAM, ExplainError
+from mura_core.explain.cams import DEFAULT_CAM, FALLBACK_CAM, ExplainError
 from mura_core.explain.predictor import Predictor, StudyResult, study_probability
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import BodyPart, Study, View
@@ -145,7 +145,7 @@ def test_default_cam_and_methods(ckpt_dir):
     mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
     shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu")
     assert mob.default_cam == DEFAULT_CAM and "cam" in mob.cam_methods()
-    assert shallow.default_cam == DEFAULT_CAM and "cam" not in shallow.cam_methods()
+    assert DEFAULT_CAM == "cam" and shallow.default_cam == FALLBACK_CAM and "cam" not in shallow.cam_methods()
     with pytest.raises(ExplainError):
         shallow.predict_study([View("x", data=b"x")], cam="cam")
     with pytest.raises(ExplainError):
@@ -158,14 +158,14 @@ def test_ensemble_averages_members(ckpt_dir, images):
     ra = Predictor(a, device="cpu").predict_study(_views(images))
     rb = Predictor(b, device="cpu").predict_study(_views(images))
     r = ens.predict_study(_views(images), cam="auto")
-    assert r.cam == DEFAULT_CAM  # both members support the table's default
+    assert r.cam == "auto"  # the members' defaults differ (mob: classic CAM; shallow has no pooled head: Grad-CAM)
     for v, va, vb in zip(r.views, ra.views, rb.views):
         assert v.probability == pytest.approx((va.probability + vb.probability) / 2, abs=1e-5)
         assert v.heatmap.shape == v.image.shape and v.heatmap.max() == pytest.approx(1.0, abs=1e-3)
     assert ens.is_ensemble and ens.name == "mob+shallow"
     # thresholds: mean over keys shared by both members
     assert ens.thresholds == {"default": pytest.approx(0.45), "WRIST": pytest.approx(0.25)}
-    assert ens.default_cam == DEFAULT_CAM
+    assert ens.default_cam == FALLBACK_CAM
 
 
 def test_from_weights_index_and_ensemble(tmp_path, images):
