@@ -14,7 +14,10 @@ from mura_core.evaluation import reports
 name = services.available_models().default
 card = services.shipped_card(name)
 report, _ = services.model_report(name)
-print(name, card.name, card.arch, card.image_size, sorted(card.thresholds) == sorted(report['thresholds']))
+import json
+from mura_core.models.weights import weights_folder
+default = json.loads((weights_folder() / 'index.json').read_text())['default']
+print(name == default == card.name, card.arch, card.image_size, sorted(card.thresholds) == sorted(report['thresholds']))
 print('torch' in sys.modules)
 """
 
@@ -25,5 +28,5 @@ def test_home_imports_and_card_need_no_torch():
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HOME": "/tmp"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, second = proc.stdout.strip().splitlines()[-2:]
-    assert first == "lite0_multisource lite0_multisource efficientnet_lite0 224 True"
+    assert first == "True efficientnet_lite0 224 True"  # the index's default, its own card, its report
     assert second == "False"
