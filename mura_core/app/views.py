@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -285,6 +286,17 @@ def meta_rows(meta: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _training_sources(card: Any) -> list[str]:
+    """The card's training sources by folder name (its recipe's `data`), else its training-data text."""
+    data = (getattr(card, "recipe", None) or {}).get("data")
+    if isinstance(data, str):
+        data = [d.strip() for d in data.split(",")]
+    if data:
+        return [Path(str(d)).name for d in data if str(d).strip()]
+    text = str(getattr(card, "training_data", "") or "").strip().rstrip(".")
+    return [text] if text else []
+
+
 def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card",
                  by_source: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """A few markdown lines about a ModelCard: name, architecture, input size, data, key figures, threshold.
@@ -296,9 +308,9 @@ def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: 
     if card is None:
         return "No model card."
     lines = [f"**{card.name}** — architecture `{card.arch}`, input {card.image_size} px."]
-    data = getattr(card, "training_data", None)
-    if data:
-        lines.append(f"Trained on: {str(data).rstrip('. ')}.")
+    sources = _training_sources(card)
+    if sources:
+        lines.append(f"Trained on: {', '.join(sources)} (data, counts and split rules in the model card).")
     if figures is None:
         metrics = getattr(card, "metrics", None) or {}
         figures = metrics.get("overall", metrics) if isinstance(metrics, dict) else {}
@@ -307,9 +319,10 @@ def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: 
     pooled = " pooled over sources" if by_source and len(by_source) > 1 else ""
     lines.append(f"Validation{pooled} ({source}): " + ", ".join(shown) + "." if shown
                  else f"No validation figures ({source}).")
-    for name, row in (by_source or {}).items():
-        kappa = f", kappa {row['kappa']:.3f}" if "kappa" in row else ""
-        lines.append(f"- {name}: auc {row['auc']:.3f}{kappa} ({int(row.get('n', 0))} in-scope images)")
+    if by_source:
+        lines.append("Per source: " + "; ".join(
+            f"{name} auc {row['auc']:.3f}" + (f", kappa {row['kappa']:.3f}" if "kappa" in row else "")
+            + f" ({int(row.get('n', 0))} in-scope images)" for name, row in by_source.items()) + ".")
     thresholds = getattr(card, "thresholds", None) or {}
     if "default" in thresholds:
         lines.append(f"Default threshold {format_probability(thresholds['default'])}"

@@ -239,5 +239,12 @@ def test_card_summary_mentions_arch_metrics_threshold():
     assert card_summary(None) == "No model card."
     two = card_summary(Card(), {"auc": 0.7}, "report", {"FracAtlas": {"n": 257, "auc": 0.84, "kappa": 0.35},
                                                         "bone-fracture-xr": {"n": 311, "auc": 0.82}})
-    assert "pooled over sources" in two and "FracAtlas: auc 0.840, kappa 0.350 (257 in-scope images)" in two
-    assert "bone-fracture-xr: auc 0.820 (311" in two and "pooled" not in card_summary(Card(), {"auc": 0.7})
+    assert "pooled over sources" in two and "FracAtlas auc 0.840, kappa 0.350 (257 in-scope images)" in two
+    assert "bone-fracture-xr auc 0.820 (311" in two and "pooled" not in card_summary(Card(), {"auc": 0.7})
+    assert "Trained on: bone-fracture-xr, CC BY 4.0 (data" in text
+
+    @dataclass
+    class MultiSource(Card):
+        recipe: dict = field(default_factory=lambda: {"data": ["../shared/data/FracAtlas", "/x/bone-fracture-xr"]})
+
+    assert "Trained on: FracAtlas, bone-fracture-xr (data, counts" in card_summary(MultiSource())
