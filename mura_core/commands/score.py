@@ -41,12 +41,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m mura_core score``; returns the exit code."""
     args = build_parser().parse_args(argv)
     from mura_core.data.sources import DatasetError
-    from mura_core.evaluation.worklist import distributed_context, score_worklist
+    from mura_core.evaluation.worklist import score_worklist
     from mura_core.models.checkpoints import CheckpointError
     from mura_core.models.devices import DeviceError
+    from mura_core.training.distributed import init_distributed
 
     try:
-        context = distributed_context(args.device)
+        context = init_distributed(args.device)
         worklist = score_worklist(
             args.data, out=args.out, split=args.split, limit=args.limit, weights=args.weights,
             weights_dir=args.weights_dir, device=args.device, batch_size=args.batch_size, workers=args.workers,

@@ -23,7 +23,7 @@ mode); on CUDA the batches come in pinned memory, the model runs channels-last u
 
 Beyond one machine: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank scores every WORLD_SIZE-th pending
 study, writes its own partial file, and rank 0 merges them into the one sorted worklist.csv (gloo on the
-CPU, NCCL on GPUs; `distributed_context`).
+CPU, NCCL on GPUs; `training.distributed.init_distributed`).
 """
 from __future__ import annotations
 
@@ -42,14 +42,13 @@ import numpy as np
 from mura_core.data.studies import BodyPart, Study, View, label_name, study_probability
 from mura_core.evaluation.evaluate import ViewDataset
 from mura_core.explain.scope import check_scope, warning_text
+from mura_core.training.distributed import Dist, barrier, init_distributed
 
 __all__ = [
     "COLUMNS",
-    "DistContext",
     "ScopeCheck",
     "Worklist",
     "WorklistRow",
-    "distributed_context",
     "merge_partials",
     "read_rows",
     "score_studies",
@@ -352,47 +351,6 @@ def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int |
 
 
 # ----------------------------------------------------------------------------------------------
-# distribution
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's rank among `world` processes (1 without torchrun) and its local GPU index."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-def distributed_context(device: str = "auto") -> DistContext:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, else gloo); rank 0 of 1 otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return DistContext()
-    import torch
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and str(device).split(":")[0] in ("auto", "cuda")
-    if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank, world, local)
-
-
-# ----------------------------------------------------------------------------------------------
 # the worklist
 # ----------------------------------------------------------------------------------------------
 
@@ -414,7 +372,7 @@ def score_worklist(
     channels_last: bool | None = None,
     restart: bool = False,
     progress: bool | Callable[[int, int], None] = True,
-    context: DistContext | None = None,
+    context: Dist | None = None,
 ) -> Worklist:
     """Score every study of `data` into a worklist (written to ``out/worklist.csv`` when `out` is given).
 
@@ -429,15 +387,15 @@ def score_worklist(
             a `Heads` to use those; None: no image check.
         restart: ignore earlier partial results in `out`.
         progress: True for a tqdm bar on stderr, or a callable ``(done_images, total_images)``.
-        context: the torchrun rank (default: `distributed_context(device)`).
+        context: the torchrun rank (default: `init_distributed(device)`).
     """
     from mura_core.data.sources import open_dataset
 
-    context = context or distributed_context(device)
+    context = context or init_distributed(device)
     if predictor is None:
         from mura_core.explain.predictor import Predictor
 
-        target = f"cuda:{context.local_rank}" if context.distributed and _wants_cuda(device) else device
+        target = f"cuda:{context.local_rank}" if context.world > 1 and _wants_cuda(device) else device
         predictor = Predictor.from_weights(weights, device=target, weights_dir=weights_dir)
     index = open_dataset(data, split)
     problems = list(index.problems)
@@ -454,9 +412,9 @@ def score_worklist(
         if restart and context.rank == 0:
             for old in (out_path / PARTIAL_DIR).glob("rank*.csv"):
                 old.unlink()
-        context.barrier()
+        barrier(context)
         done = {r.study: r for r in merge_partials(out_path, sha)}
-        context.barrier()  # every rank has read the same finished set before anyone appends
+        barrier(context)  # every rank has read the same finished set before anyone appends
     pending = [s for s in studies if s.study_id not in done]
     mine = pending[context.rank::context.world]
     partial = (out_path / PARTIAL_DIR / f"rank{context.rank}-of-{context.world}.csv") if out_path else None
@@ -467,7 +425,7 @@ def score_worklist(
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="img", file=sys.stderr, desc=f"score {predictor.name}"
-                   + (f" (rank {context.rank} of {context.world})" if context.distributed else ""),
+                   + (f" (rank {context.rank} of {context.world})" if context.world > 1 else ""),
                    disable=context.rank != 0)
     seen = 0
 
@@ -489,7 +447,7 @@ def score_worklist(
         writer.close()
         if bar is not None:
             bar.close()
-    context.barrier()
+    barrier(context)
     if out_path is None:
         return Worklist(sorted_rows(new), len(new), 0, problems)
     keep = {s.study_id for s in studies}
@@ -499,7 +457,7 @@ def score_worklist(
         tmp = path.with_suffix(".csv.tmp")
         tmp.write_text(worklist_csv(rows), encoding="utf-8")
         tmp.replace(path)
-    context.barrier()
+    barrier(context)
     return Worklist(rows, len(new), len(done), problems, path)
 
 

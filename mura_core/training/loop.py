@@ -270,8 +270,9 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     train_cache = load_sources(config.data, config.split_train, size, cache_dir=config.cache_dir, progress=show)
     valid_cache = load_sources(config.data, config.split_valid, size, cache_dir=config.cache_dir, progress=show)
     table, _ = class_weight_table(train_cache.labels, _groups(train_cache), config.class_weights)
-    model = create_model(config.arch, pretrained=config.resolved_pretrained(), dropout=config.dropout,
-                         pretrained_path=config.pretrained_path).to(device)
+    start_from_imagenet = config.resolved_pretrained() and not config.init_from  # --init-from overwrites them
+    model = create_model(config.arch, pretrained=start_from_imagenet, dropout=config.dropout,
+                         pretrained_path=config.pretrained_path if start_from_imagenet else None).to(device)
     if config.init_from:
         state, config.extra["init_from_sha256"] = initial_weights(config.init_from, config.arch)
         model.load_state_dict(state)

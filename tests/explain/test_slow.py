@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -48,10 +50,10 @@ def test_cancel_stops_the_run_and_frees_the_gate(toy):
     slow.run_slow(model, TOY_SPEC, x, "scorecam")  # the gate was released
 
 
-def test_a_second_slow_run_is_refused_while_one_runs(toy):
-    model, x = toy
+@contextmanager
+def slow_run_under_way(model: torch.nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """A ScoreCAM run on another thread, held at its first progress report until the block ends."""
     started, release = threading.Event(), threading.Event()
-    errors: list[Exception] = []
 
     def blocking(_fraction: float) -> None:
         started.set()
@@ -61,13 +63,20 @@ def test_a_second_slow_run_is_refused_while_one_runs(toy):
     worker.start()
     try:
         assert started.wait(10)
+        yield
+    finally:
+        release.set()
+        worker.join(30)
+
+
+def test_a_second_slow_run_is_refused_while_one_runs(toy):
+    model, x = toy
+    errors: list[Exception] = []
+    with slow_run_under_way(model, x):
         try:
             slow.run_slow(ToyCNN().eval(), TOY_SPEC, x, "scorecam")
         except slow.SlowBusy as exc:
             errors.append(exc)
-    finally:
-        release.set()
-        worker.join(30)
     assert len(errors) == 1
 
 
@@ -75,22 +84,10 @@ def test_fast_maps_of_the_same_model_run_while_a_slow_one_is_under_way(toy):
     from mura_core.explain.cams import explain_batch
 
     model, x = toy
-    started, release = threading.Event(), threading.Event()
-
-    def blocking(_fraction: float) -> None:
-        started.set()
-        release.wait(10)
-
-    worker = threading.Thread(target=lambda: slow.run_slow(model, TOY_SPEC, x, "scorecam", progress=blocking))
-    worker.start()
-    try:
-        assert started.wait(10)
+    with slow_run_under_way(model, x):
         done = threading.Event()
         fast = threading.Thread(target=lambda: (explain_batch(model, TOY_SPEC, x, "gradcam"), done.set()))
         fast.start()
         assert done.wait(10), "a fast map waited for the slow one"
         fast.join()
-    finally:
-        release.set()
-        worker.join(30)
     assert _hooks(model) == 0
