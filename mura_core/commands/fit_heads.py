@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from mura_core.imaging.synthetic import CATEGORIES
+
 __all__ = ["build_parser", "cli_main"]
 
 
@@ -24,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--max-per-group", type=int, default=250,
                         help="at most this many images per (source, split, region), stable pick (default 250)")
-    parser.add_argument("--synthetic", type=int, default=40, help="generated images per category (default 40)")
+    parser.add_argument("--synthetic", type=int, default=40,
+                        help="held-out generated images per category, never fitted on (default 40)")
+    parser.add_argument("--synthetic-fit", type=int, default=60,
+                        help="generated images per category the image-kind head is fitted on (default 60)")
+    parser.add_argument("--leave-out-kind", choices=CATEGORIES, default=None,
+                        help="fit without this generated kind (a check of kinds never seen; write to another --out)")
     parser.add_argument("--false-alarm", type=float, default=0.05,
                         help="share of upper-limb calibration images the scope check may flag (default 0.05)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
@@ -47,7 +54,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         return 2
     data = args.data or ["../shared/data/FracAtlas", "../shared/data/bone-fracture-xr"]
     try:
-        items = collect_items(data, args.max_per_group, args.synthetic)
+        items = collect_items(data, args.max_per_group, args.synthetic, args.synthetic_fit, args.leave_out_kind)
     except (OSError, ValueError) as error:
         print(f"cannot read the data: {error}", file=sys.stderr)
         return 2

@@ -407,26 +407,49 @@ def score_worklist(
     studies = index.studies if limit is None else index.studies[: max(0, int(limit))]
     out_path = Path(out) if out is not None else None
     sha = predictor.sha256 or ""
-    done: dict[str, WorklistRow] = {}
-    if out_path is not None:
-        if restart and context.rank == 0:
-            for old in (out_path / PARTIAL_DIR).glob("rank*.csv"):
-                old.unlink()
-        barrier(context)
-        done = {r.study: r for r in merge_partials(out_path, sha)}
-        barrier(context)  # every rank has read the same finished set before anyone appends
-    pending = [s for s in studies if s.study_id not in done]
-    mine = pending[context.rank::context.world]
+    done = _finished_rows(out_path, sha, restart, context)
+    mine = [s for s in studies if s.study_id not in done][context.rank::context.world]
     partial = (out_path / PARTIAL_DIR / f"rank{context.rank}-of-{context.world}.csv") if out_path else None
     writer = _PartialWriter(partial)
-    total = sum(len(s.views) for s in mine)
+    label = f"score {predictor.name}" + (f" (rank {context.rank} of {context.world})" if context.world > 1 else "")
+    advance, close_bar = _progress(progress, sum(len(s.views) for s in mine), label, quiet=context.rank != 0)
+    new: list[WorklistRow] = []
+    try:
+        for rows in score_studies(predictor, mine, batch_size=batch_size, workers=workers, scope=scope, heads=heads,
+                                  amp=amp, channels_last=channels_last, on_images=advance):
+            writer.write(rows)
+            new.extend(rows)
+    finally:
+        writer.close()
+        close_bar()
+    barrier(context)
+    if out_path is None:
+        return Worklist(sorted_rows(new), len(new), 0, problems)
+    rows, path = _write_merged(out_path, sha, {s.study_id for s in studies}, context)
+    return Worklist(rows, len(new), len(done), problems, path)
+
+
+def _finished_rows(out_path: Path | None, sha: str, restart: bool, context: Dist) -> dict[str, WorklistRow]:
+    """Studies already scored by this checkpoint in `out_path` (none after `restart`); every rank agrees."""
+    if out_path is None:
+        return {}
+    if restart and context.rank == 0:
+        for old in (out_path / PARTIAL_DIR).glob("rank*.csv"):
+            old.unlink()
+    barrier(context)
+    done = {r.study: r for r in merge_partials(out_path, sha)}
+    barrier(context)  # every rank has read the same finished set before anyone appends
+    return done
+
+
+def _progress(progress: bool | Callable[[int, int], None], total: int, label: str,
+              quiet: bool) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(advance by n images, close): a tqdm bar on stderr for True, else the caller's ``(done, total)``."""
     bar = None
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="img", file=sys.stderr, desc=f"score {predictor.name}"
-                   + (f" (rank {context.rank} of {context.world})" if context.world > 1 else ""),
-                   disable=context.rank != 0)
+        bar = tqdm(total=total, unit="img", file=sys.stderr, desc=label, disable=quiet)
     seen = 0
 
     def advance(n: int) -> None:
@@ -437,20 +460,11 @@ def score_worklist(
         elif callable(progress):
             progress(seen, total)
 
-    new: list[WorklistRow] = []
-    try:
-        for rows in score_studies(predictor, mine, batch_size=batch_size, workers=workers, scope=scope, heads=heads,
-                                  amp=amp, channels_last=channels_last, on_images=advance):
-            writer.write(rows)
-            new.extend(rows)
-    finally:
-        writer.close()
-        if bar is not None:
-            bar.close()
-    barrier(context)
-    if out_path is None:
-        return Worklist(sorted_rows(new), len(new), 0, problems)
-    keep = {s.study_id for s in studies}
+    return advance, (bar.close if bar is not None else lambda: None)
+
+
+def _write_merged(out_path: Path, sha: str, keep: set[str], context: Dist) -> tuple[list[WorklistRow], Path]:
+    """Merge every rank's partial file into the sorted ``worklist.csv`` (rank 0 writes it atomically)."""
     rows = [r for r in merge_partials(out_path, sha) if r.study in keep]
     path = out_path / WORKLIST_NAME
     if context.rank == 0:
@@ -458,7 +472,7 @@ def score_worklist(
         tmp.write_text(worklist_csv(rows), encoding="utf-8")
         tmp.replace(path)
     barrier(context)
-    return Worklist(rows, len(new), len(done), problems, path)
+    return rows, path
 
 
 def _wants_cuda(device: str) -> bool:

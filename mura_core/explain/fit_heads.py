@@ -3,19 +3,22 @@
 Data (read in place): FracAtlas (regions from its flags; LEG / HIP / LOWER_LIMB are the lower-limb class,
 HAND_WRIST_FOREARM / SHOULDER_HUMERUS / UPPER_LIMB upper limb) and bone-fracture-xr (upper limb; its abnormal
 images carry MURA parts). Generated images (`imaging.synthetic`: chest-like, photographs, documents, CT/MR
-slices) are never fitted on: they only measure the check.
+slices) come in two disjoint seed ranges: a fit set (split 'train', `FIT_SEED`) that the image-kind head
+learns from, and a held-out set (split 'generated', `HELD_OUT_SEED`) that only measures the check. Both come
+from the same generator, so the held-out rates say how well the head learned that generator, not how it
+fares on real chest films or scanned documents (the density check is the catch-all for those).
 
 Protocol:
 
 1. features of every image (decoded by `imaging.decode`, preprocessed as the model's card says), cached
    per checkpoint sha256 under ``.cache/fit_heads/``; at most `max_per_group` images per (source, split,
    region), picked by a stable hash of the file name;
-2. fit on the train splits: standardisation, the upper-limb density model (PCA, whitened), the lower-limb
-   logistic head (upper vs lower limb), the body-part logistic head;
+2. fit on the train splits: standardisation (real radiographs only), the upper-limb density model (PCA,
+   whitened), the image-kind head (upper limb vs lower limb vs each generated kind), the body-part head;
 3. calibrate on half of the valid splits (a stable hash picks the half): each of the two scope thresholds is
    the (1 - false_alarm / 2) quantile of its value over the calibration upper-limb images;
-4. report on the other half of valid and on the generated images (never seen by 2 or 3): the share of
-   each category called out of scope (false alarms for upper limb, true alarms for the rest), and the
+4. report on the other half of valid and on the held-out generated images (never seen by 2 or 3): the share
+   of each category called out of scope (false alarms for upper limb, true alarms for the rest), and the
    body-part head's accuracy per class and confusion over ALL valid images with a part label (no body-part
    number was tuned on valid).
 """
@@ -34,7 +37,7 @@ import numpy as np
 from mura_core.data.sources import open_dataset
 from mura_core.data.studies import BodyPart, View
 from mura_core.explain.features import pooled_features
-from mura_core.explain.heads import Heads, heads_path, save_heads
+from mura_core.explain.heads import UPPER_KIND, Heads, heads_path, save_heads
 from mura_core.imaging.decode import DecodeError, decode_image, decode_view
 from mura_core.imaging.preprocess import PreprocessConfig
 from mura_core.imaging.synthetic import CATEGORIES, generate_set
@@ -45,6 +48,8 @@ __all__ = ["Item", "collect_items", "fit_heads", "FitResult"]
 log = logging.getLogger(__name__)
 
 UPPER_REGIONS = {BodyPart.HAND_WRIST_FOREARM, BodyPart.SHOULDER_HUMERUS, BodyPart.UPPER_LIMB}
+FIT_SEED, HELD_OUT_SEED = 7, 13
+"""Seed ranges of `imaging.synthetic.generate_set` for the generated images fitted on and held out."""
 PART_CLASSES = ("ELBOW", "FINGER", "FOREARM", "HUMERUS", "SHOULDER", "WRIST", "HAND_WRIST_FOREARM",
                 "SHOULDER_HUMERUS")
 
@@ -67,8 +72,11 @@ def _stable(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
-def collect_items(data: Sequence[str | Path], max_per_group: int, synthetic_per_category: int) -> list[Item]:
-    """Every image used, with its labels; generated images are added as in-memory views (split 'generated')."""
+def collect_items(data: Sequence[str | Path], max_per_group: int, synthetic_per_category: int,
+                  synthetic_fit_per_category: int = 0, leave_out_kind: str | None = None) -> list[Item]:
+    """Every image used, with its labels; generated images are added as in-memory views: the fit set in split
+    'train' (without `leave_out_kind`, to measure how the head does on a kind it never saw), the held-out set
+    in split 'generated'."""
     items: list[Item] = []
     for root in data:
         for split in ("train", "valid"):
@@ -92,9 +100,13 @@ def collect_items(data: Sequence[str | Path], max_per_group: int, synthetic_per_
             for members in groups.values():
                 members.sort(key=lambda it: _stable(it.key))
                 items.extend(members[:max_per_group])
-    for category, name, data_bytes in generate_set(synthetic_per_category, seed=13):
-        items.append(Item(f"generated/{name}", "generated", "generated", category, category, None,
-                          View(name=name, data=data_bytes)))
+    for split, count, seed in (("train", synthetic_fit_per_category, FIT_SEED),
+                               ("generated", synthetic_per_category, HELD_OUT_SEED)):
+        for category, name, data_bytes in generate_set(count, seed=seed):
+            if split == "train" and category == leave_out_kind:
+                continue
+            items.append(Item(f"generated/{name}", "generated", split, category, category, None,
+                              View(name=name, data=data_bytes)))
     return items
 
 
@@ -178,29 +190,30 @@ def fit_heads(model: Any, spec_name: str, config: PreprocessConfig, checkpoint_s
     train = okm & (splits == "train")
     calib = okm & (splits == "valid") & valid_half
     held = okm & (((splits == "valid") & ~valid_half) | (splits == "generated"))
-    scope_train = train & np.isin(cats, ["upper_limb", "lower_limb"])
+    radiographs_train = train & np.isin(cats, [UPPER_KIND, "lower_limb"])
 
-    mu = feats[scope_train].mean(axis=0)
-    sd = feats[scope_train].std(axis=0) + 1e-6
+    mu = feats[radiographs_train].mean(axis=0)
+    sd = feats[radiographs_train].std(axis=0) + 1e-6
     z = (feats - mu) / sd
-    upper_train = train & (cats == "upper_limb")
+    upper_train = train & (cats == UPPER_KIND)
     centre, whitened, residual_var = _fit_density(z[upper_train], components)
-    lower_model = _logistic(z[scope_train], (cats[scope_train] == "lower_limb").astype(int), c=0.05)
+    kind_model = _logistic(z[train], cats[train], c=0.05)
     parts = np.array([it.part or "" for it in items])
     part_train = train & (parts != "")
     part_model = _logistic(z[part_train], parts[part_train], c=0.05)
 
     draft = Heads(checkpoint_sha256, mu, sd, centre, whitened, residual_var, 1.0,
-                  lower_model.coef_[0].astype(np.float64), float(lower_model.intercept_[0]), 1.0,
+                  tuple(str(c) for c in kind_model.classes_), kind_model.coef_.astype(np.float64),
+                  kind_model.intercept_.astype(np.float64), 1.0,
                   tuple(str(c) for c in part_model.classes_), part_model.coef_.astype(np.float64),
                   part_model.intercept_.astype(np.float64))
-    density, lower = draft.density(feats), draft.lower_limb(feats)
-    upper_calib = calib & (cats == "upper_limb")
+    density, outside = draft.density(feats), draft.outside(feats)
+    upper_calib = calib & (cats == UPPER_KIND)
     q = 1.0 - false_alarm / 2.0
     heads = dataclasses.replace(draft, density_threshold=float(np.quantile(density[upper_calib], q)),
-                                lower_threshold=float(np.quantile(lower[upper_calib], q)))
+                                kind_threshold=float(np.quantile(outside[upper_calib], q)))
     flagged = (np.maximum(heads.density(feats) / heads.density_threshold,
-                          heads.lower_limb(feats) / heads.lower_threshold) >= 1.0)
+                          heads.outside(feats) / heads.kind_threshold) >= 1.0)
     report = _report(items, flagged, held, calib, train, okm, heads, feats, false_alarm, components)
     return FitResult(heads, report)
 
@@ -239,10 +252,12 @@ def _report(items: Sequence[Item], flagged: np.ndarray, held: np.ndarray, calib:
                        if t != p and confusion[t][p]), key=lambda x: -x[2])[:6]
     return {
         "protocol": {"false_alarm_budget": false_alarm, "pca_components": components,
-                     "train_images": int((train & ok).sum()), "calibration_images": int(calib.sum()),
+                     "train_images": int((train & ok).sum()),
+                     "generated_train_images": int((train & ok & (sources == "generated")).sum()),
+                     "calibration_images": int(calib.sum()),
                      "held_out_images": int(held.sum()),
                      "thresholds": {"density": round(heads.density_threshold, 4),
-                                    "lower_limb_probability": round(heads.lower_threshold, 4)}},
+                                    "outside_probability": round(heads.kind_threshold, 4)}},
         "scope_held_out": scope,
         "body_part_valid": {"overall_accuracy": round(float((predicted == truth).mean()), 4) if len(truth) else None,
                             "per_class": per_class, "confusion": confusion,
@@ -254,9 +269,12 @@ def report_markdown(report: dict[str, Any], name: str) -> str:
     """The fit report as a markdown section (for the model card and README)."""
     p = report["protocol"]
     lines = [f"### Scope check and body-part suggestion ({name})", "",
-             f"Fitted on {p['train_images']} train images; thresholds calibrated on {p['calibration_images']} "
-             f"valid images (false-alarm budget {p['false_alarm_budget']:.0%}); measured on "
-             f"{p['held_out_images']} held-out images (the other half of valid, and generated images never fitted on).",
+             f"Fitted on {p['train_images']} train images ({p.get('generated_train_images', 0)} of them generated); "
+             f"thresholds calibrated on {p['calibration_images']} valid images (false-alarm budget "
+             f"{p['false_alarm_budget']:.0%}); measured on {p['held_out_images']} held-out images (the other half "
+             "of valid, and generated images from seeds never fitted on; same generator as the fitted ones, so "
+             "their rates say how well the head learned the generator, not how it fares on real chest films "
+             "or scanned documents).",
              "", "| held-out category | images | called out of scope |", "|---|---|---|"]
     for key, value in report["scope_held_out"].items():
         rate = "n/a" if value["rate"] is None else f"{value['rate']:.1%}"

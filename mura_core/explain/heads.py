@@ -11,9 +11,11 @@ What the arrays hold (features `f` are standardised first: ``z = (f - mu) / sd``
 
 - density (Mahalanobis-like) score of upper-limb radiographs: ``d = |W^T (z - m)|^2 / k + |residual|^2 /
   (C * residual_var)``, the PCA subspace (``W``, k components, whitened) plus the isotropic rest;
-- lower-limb logistic head: ``P(lower limb) = sigmoid(z . lower_w + lower_b)``;
+- image-kind multinomial logistic head: ``softmax(z @ kind_w.T + kind_b)`` over ``kind_classes``
+  (``upper_limb``, ``lower_limb`` and the generated kinds ``chest``, ``photo``, ``document``, ``ct_mr``);
+  ``P(outside) = 1 - P(upper_limb)``;
 - body-part multinomial logistic head: ``softmax(z @ part_w.T + part_b)`` over ``part_classes``;
-- thresholds calibrated on valid data: ``density_threshold``, ``lower_threshold``.
+- thresholds calibrated on valid data: ``density_threshold``, ``kind_threshold`` (on ``P(outside)``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ import numpy as np
 
 __all__ = ["Heads", "HeadsError", "heads_for", "predictor_heads", "heads_path", "save_heads", "load_heads",
            "sha256_bytes"]
+
+UPPER_KIND = "upper_limb"
+"""The one in-scope class of the image-kind head."""
+_STRING_FIELDS = ("checkpoint_sha256", "part_classes", "kind_classes")
+
 
 class HeadsError(ValueError):
     """Heads file missing its record, changed since it was written, or fitted on another checkpoint."""
@@ -44,9 +51,10 @@ class Heads:
     """(C, k): PCA directions divided by the square root of their variance (whitened)."""
     residual_var: float
     density_threshold: float
-    lower_w: np.ndarray
-    lower_b: float
-    lower_threshold: float
+    kind_classes: tuple[str, ...]
+    kind_w: np.ndarray
+    kind_b: np.ndarray
+    kind_threshold: float
     part_classes: tuple[str, ...]
     part_w: np.ndarray
     part_b: np.ndarray
@@ -64,17 +72,24 @@ class Heads:
         k, c = self.components.shape[1], z.shape[1]
         return (np.sum(proj ** 2, axis=1) / k + np.sum(residual ** 2, axis=1) / (c * self.residual_var)) / 2.0
 
-    def lower_limb(self, features: np.ndarray) -> np.ndarray:
-        """(N,) P(lower-limb radiograph) from the logistic head."""
-        logit = self.standardise(features) @ self.lower_w + self.lower_b
-        return 1.0 / (1.0 + np.exp(-np.clip(logit, -60, 60)))
+    def kinds(self, features: np.ndarray) -> np.ndarray:
+        """(N, K) image-kind probabilities over `kind_classes`."""
+        return _softmax(self.standardise(features) @ self.kind_w.T + self.kind_b)
+
+    def outside(self, features: np.ndarray) -> np.ndarray:
+        """(N,) probability that the image is not an upper-limb radiograph (1 - P(upper_limb))."""
+        return 1.0 - self.kinds(features)[:, self.kind_classes.index(UPPER_KIND)]
 
     def parts(self, features: np.ndarray) -> np.ndarray:
         """(N, K) body-part probabilities over `part_classes`."""
-        logits = self.standardise(features) @ self.part_w.T + self.part_b
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return _softmax(self.standardise(features) @ self.part_w.T + self.part_b)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -88,7 +103,7 @@ def _to_bytes(heads: Heads) -> bytes:
     arrays: dict[str, Any] = {}
     for f in fields(Heads):
         value = getattr(heads, f.name)
-        arrays[f.name] = np.asarray(value, dtype=np.str_) if f.name in ("checkpoint_sha256", "part_classes") \
+        arrays[f.name] = np.asarray(value, dtype=np.str_) if f.name in _STRING_FIELDS \
             else np.asarray(value, dtype=np.float64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -109,6 +124,10 @@ def load_heads(path: str | Path, *, expected_sha256: str, checkpoint_sha256: str
         raise HeadsError(f"{path.name}: sha256 mismatch (expected {expected_sha256}, file has {actual}); "
                          "refusing to use it")
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        missing = [f.name for f in fields(Heads) if f.name not in stored.files]
+        if missing:
+            raise HeadsError(f"{path.name}: written by an older fit-heads (no {', '.join(missing)}); "
+                             "run fit-heads again")
         values = {f.name: stored[f.name] for f in fields(Heads)}
     owner = str(values["checkpoint_sha256"])
     if checkpoint_sha256 and owner != checkpoint_sha256:
@@ -118,7 +137,7 @@ def load_heads(path: str | Path, *, expected_sha256: str, checkpoint_sha256: str
         value = values[f.name]
         if f.name == "checkpoint_sha256":
             kwargs[f.name] = owner
-        elif f.name == "part_classes":
+        elif f.name in ("part_classes", "kind_classes"):
             kwargs[f.name] = tuple(str(v) for v in value.tolist())
         elif value.ndim == 0:
             kwargs[f.name] = float(value)

@@ -3,10 +3,12 @@
 MURA's model saw upper-extremity radiographs only. Two checks on the model's pooled features
 (`explain.heads`), each against a threshold calibrated on valid data:
 
-- density: how far the features lie from the upper-limb training radiographs (catches photographs,
-  documents, chest films, CT/MR slices: anything unlike the training images; no such image is used
-  for fitting);
-- lower limb: a logistic head fitted on FracAtlas leg/hip radiographs against upper-limb ones.
+- density: how far the features lie from the upper-limb training radiographs (the catch-all for
+  anything unlike the training images, of a kind nobody fitted on);
+- image kind: a multinomial logistic head fitted on upper-limb radiographs against FracAtlas leg/hip
+  radiographs and generated chest films, photographs, documents and CT/MR-like slices
+  (`imaging.synthetic`); its ``P(outside) = 1 - P(upper limb)`` is the value checked, and its most
+  likely other kind names what the view looks like.
 
 ``score`` is the larger of the two values divided by its threshold, so ``score >= 1`` means out of
 scope. A DICOM tag decides before the features when it is explicit: Modality CT/MR/US/NM/PT/MG, or a
@@ -21,12 +23,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from mura_core.data.studies import BodyPart
+from mura_core.explain.heads import UPPER_KIND
 
 __all__ = ["ScopeResult", "check_scope", "scope_from_tags", "warning_text"]
 
 UPPER_LIMB = "upper-limb radiograph"
 LOWER_LIMB = "lower-limb radiograph"
 UNUSUAL = "image unlike the upper-limb radiographs the model was trained on"
+KIND_LABELS = {"lower_limb": LOWER_LIMB, "chest": "chest radiograph", "photo": "photograph",
+               "document": "document", "ct_mr": "CT/MR-like slice"}
+"""What each out-of-scope class of the image-kind head is called on the view."""
 
 _NON_RADIOGRAPH_MODALITIES = {"CT": "CT slice", "MR": "MR slice", "US": "ultrasound image",
                               "NM": "nuclear-medicine image", "PT": "PET image", "MG": "mammogram"}
@@ -85,14 +91,23 @@ def check_scope(heads: Any | None, features: np.ndarray | None, metas: Sequence[
     if heads is None or features is None or not len(metas):
         return out
     density = heads.density(features) / heads.density_threshold
-    lower = heads.lower_limb(features) / heads.lower_threshold
+    kinds = heads.kinds(features)
+    outside = (1.0 - kinds[:, heads.kind_classes.index(UPPER_KIND)]) / heads.kind_threshold
     for i in range(len(metas)):
-        score = float(max(density[i], lower[i]))
+        score = float(max(density[i], outside[i]))
         if out[i] is not None:  # the tag decided; keep the image's score for the record
             out[i] = ScopeResult(out[i].in_scope, out[i].label, score, "dicom")
             continue
         if score < 1.0:
             out[i] = ScopeResult(True, UPPER_LIMB, score)
         else:
-            out[i] = ScopeResult(False, UNUSUAL if density[i] >= lower[i] else LOWER_LIMB, score)
+            out[i] = ScopeResult(False, UNUSUAL if density[i] >= outside[i] else _likeliest_other(heads, kinds[i]),
+                                 score)
     return out
+
+
+def _likeliest_other(heads: Any, kind_probabilities: np.ndarray) -> str:
+    """The label of the most probable image kind other than an upper-limb radiograph."""
+    ranked = sorted(zip(kind_probabilities, heads.kind_classes), reverse=True)
+    name = next(kind for _, kind in ranked if kind != UPPER_KIND)
+    return KIND_LABELS.get(name, UNUSUAL)

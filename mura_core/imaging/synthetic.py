@@ -3,8 +3,8 @@
 Four categories, each returned as encoded file bytes so that they go through the same decoder as an
 upload: ``chest`` (chest-radiograph-like: dark lungs, ribs, spine, heart shadow), ``photo`` (colour
 photographs: gradients, blobs, textured shapes), ``document`` (white pages of black text lines) and
-``ct_mr`` (round cross-sectional slices on black: body outline, fat ring, organs, bone). They are never
-used to fit the heads, only to measure their false-negative (missed) rate.
+``ct_mr`` (round cross-sectional slices on black: body outline, fat ring, organs, bone). `explain.fit_heads`
+fits its image-kind head on one seed range and measures the missed rate on another.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def test_fit_heads_writes_verified_heads_report_and_card(tmp_path, monkeypatch, 
     (weights / "tiny_cnn.md").write_text("# tiny_cnn\n\nA card.\n")
     monkeypatch.chdir(tmp_path)  # the feature cache goes to ./.cache/fit_heads
     argv = ["--weights-dir", str(weights), "--data", str(DATA / "FracAtlas"), "--data", str(DATA / "bone-fracture-xr"),
-            "--max-per-group", "6", "--synthetic", "2"]
+            "--max-per-group", "6", "--synthetic", "2", "--synthetic-fit", "2"]
     assert fit_cli.cli_main(argv) == 0
     paths = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads(Path(paths["report"]).read_text())
@@ -37,6 +37,8 @@ def test_fit_heads_writes_verified_heads_report_and_card(tmp_path, monkeypatch, 
     heads, problem = heads_for(weights / "tiny_cnn.pt", report["checkpoint_sha256"])
     assert problem is None and heads is not None
     assert {"HAND_WRIST_FOREARM", "FINGER"} <= set(heads.part_classes)
+    assert set(heads.kind_classes) == {"upper_limb", "lower_limb", *CATEGORIES}
+    assert report["protocol"]["generated_train_images"] == 2 * len(CATEGORIES)
     rates = report["scope_held_out"]
     assert all(rates[f"generated {c} - true alarms"]["images"] >= 1 for c in CATEGORIES)
     assert rates["lower_limb (all) - true alarms"]["images"] >= 1

@@ -10,7 +10,7 @@ import pytest
 
 from fixtures.heads import constant_heads
 from mura_core.explain.body_part import suggest_body_part
-from mura_core.explain.heads import HeadsError, heads_for, heads_path, load_heads, save_heads
+from mura_core.explain.heads import HeadsError, heads_for, heads_path, load_heads, save_heads, sha256_bytes
 from mura_core.explain.predictor import StudyResult, ViewResult
 from mura_core.explain.scope import LOWER_LIMB, UPPER_LIMB, ScopeResult, check_scope, scope_from_tags, warning_text
 from mura_core.explain.triage import Triage, excluded_views, hide_excluded_scores, restrict_study
@@ -77,6 +77,29 @@ def test_feature_heads_flag_by_threshold_ratio() -> None:
     assert outside[1].in_scope and outside[1].source == "dicom"      # the explicit tag wins
     assert "outside what this model was trained for" in warning_text(outside[0])
     assert "lower-limb radiograph" in warning_text(outside[0])
+
+
+def test_kind_head_names_the_likeliest_other_kind() -> None:
+    classes = ("chest", "document", "lower_limb", "upper_limb")
+    heads = replace(constant_heads(2, SHA), kind_classes=classes, kind_w=np.array([[4.0, 0], [0, 4.0], [0, 0], [0, 0]]),
+                    kind_b=np.array([0.0, 0.0, 1.0, 3.0]), kind_threshold=0.5)
+    feats = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    plain, chest, document = check_scope(heads, feats, [None, None, None])
+    assert plain.in_scope and plain.label == UPPER_LIMB
+    assert not chest.in_scope and chest.label == "chest radiograph"
+    assert not document.in_scope and document.label == "document"
+    np.testing.assert_allclose(heads.kinds(feats).sum(axis=1), 1.0)
+    np.testing.assert_allclose(heads.outside(feats), 1.0 - heads.kinds(feats)[:, 3])
+
+
+def test_heads_file_from_an_older_fit_is_refused_with_the_reason(tmp_path: Path) -> None:
+    heads = constant_heads(3, SHA)
+    arrays = {"checkpoint_sha256": np.asarray(SHA), "part_classes": np.asarray(heads.part_classes),
+              "lower_w": np.zeros(3)}
+    path = tmp_path / "old.heads.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(HeadsError, match="older fit-heads"):
+        load_heads(path, expected_sha256=sha256_bytes(path.read_bytes()), checkpoint_sha256=SHA)
 
 
 def test_density_head_flags_far_features() -> None:

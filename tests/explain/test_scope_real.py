@@ -3,7 +3,8 @@ limbs, passes upper-limb radiographs, and its measured rates are in the model ca
 
 Runs for every checkpoint (indexed in weights/, or under runs/) whose heads `fit-heads` wrote; skips when
 there are none or the shared data is absent. Images come from the held-out half of the valid splits
-(never fitted on, never used to calibrate) and from generated images of a seed the fit never used.
+(never fitted on, never used to calibrate), from generated images of a seed the fit never used, and from
+real CR files of pydicom-data (a chest film and a lower leg; skipped when not installed).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from mura_core.data.sources import open_dataset
-from mura_core.data.studies import BodyPart
+from mura_core.data.studies import BodyPart, View
 from mura_core.explain.features import pooled_features
 from mura_core.explain.fit_heads import CARD_START, _stable
 from mura_core.explain.heads import heads_for
@@ -86,13 +87,23 @@ def test_generated_photographs_and_ct_mr_slices_are_flagged(scope_of) -> None:
     assert flagged.mean() >= 0.75, flagged
 
 
-@pytest.mark.xfail(strict=True, reason="known weak spot of the shipped heads: on 40 held-out generated images "
-                                       "each, 7.5% of chest films and 12.5% of documents are flagged by the "
-                                       "default's heads (README, Scope check); DICOM tags still catch tagged chest "
-                                       "films")
 def test_generated_chest_films_and_documents_are_flagged(scope_of) -> None:
     flagged = _flagged_generated(scope_of, ("chest", "document"))
     assert flagged.mean() >= 0.75, flagged
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG3_UNCR.dcm"])
+def test_real_dicom_chest_and_leg_are_flagged_from_the_image_alone(scope_of, name: str) -> None:
+    """Real CR files shipped by pydicom-data (a chest film and a lower leg); the image decides, not the tags."""
+    data = pytest.importorskip("pydicom.data")
+    try:
+        path = Path(data.get_testdata_file(name))
+    except (OSError, ValueError) as error:
+        pytest.skip(f"{name} not installed: {error}")
+    if not path.is_file():
+        pytest.skip(f"{name} not installed")
+    pixels = decode_view(View(name=name, path=path)).pixels
+    assert scope_of([pixels]).tolist() == [True]
 
 
 def test_lower_limb_radiographs_are_flagged(scope_of) -> None:
