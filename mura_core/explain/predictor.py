@@ -61,6 +61,7 @@ from mura_core.explain.cams import (
     explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
 from mura_core.explain.features import capture_pooled
+from mura_core.models.quantize import DEFAULT_MAX_DELTA
 from mura_core.models.registry import get_arch
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
@@ -267,19 +268,19 @@ class Predictor:
         return methods.pop() if len(methods) == 1 else "auto"
 
     def enable_int8(self, calibration: Sequence[np.ndarray], *, backend: str | None = None,
-                    observer: str = "histogram", max_delta: float | None | str = "default") -> None:
+                    observer: str = "histogram", max_delta: float | None = DEFAULT_MAX_DELTA) -> None:
         """Score with int8 copies of the members from now on (CPU only; scores and pooled features, no maps).
 
         Args:
             calibration: decoded 2-D training images (not the ones to be measured) that set the int8 ranges
                 (`models.quantize.calibration_images`).
             backend: the quantised engine (default `models.quantize.DEFAULT_BACKEND`).
-            observer, max_delta: see `models.quantize.quantize_for_scoring` ("default": its default check).
+            observer, max_delta: see `models.quantize.quantize_for_scoring` (None: no accuracy check).
 
         Raises:
             QuantizeError: not on the CPU, no images, or an architecture that cannot be quantised (named).
         """
-        from mura_core.models.quantize import DEFAULT_BACKEND, DEFAULT_MAX_DELTA, QuantizeError, quantize_for_scoring
+        from mura_core.models.quantize import DEFAULT_BACKEND, QuantizeError, quantize_for_scoring
 
         if self.device.type != "cpu":
             raise QuantizeError(f"int8 scoring runs on the CPU only (this predictor is on {self.device})")
@@ -291,7 +292,7 @@ class Predictor:
             batches = [batch[i:i + 8] for i in range(0, len(batch), 8)]
             scorers.append(quantize_for_scoring(
                 member.model, member.spec, batches, backend=backend or DEFAULT_BACKEND, observer=observer,
-                temperature=member.temperature, max_delta=DEFAULT_MAX_DELTA if max_delta == "default" else max_delta))
+                temperature=member.temperature, max_delta=max_delta))
         if self.int8 is None:
             self.name = f"{self.name} (int8)"
         self.int8 = scorers
