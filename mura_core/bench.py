@@ -28,6 +28,12 @@
 7. **score throughput** (`score_images_per_s`): `evaluation.worklist.score_worklist` (the `score`
    command's path: decoding workers, large batches; bf16 autocast and channels-last on CUDA) over the
    valid split, no files written.
+7b. **int8 score throughput** (`score_int8_images_per_s`): the same worklist run after
+   `Predictor.enable_int8` (``score --int8``: an FX int8 copy, scores and scope features only, CPU), calibrated
+   on 16 images of the data's TRAIN split (generated images when it has none); the one-off build is timed
+   apart (`score_int8_build_s`) and not in the rate. The accuracy check is kept as `score_int8_calibration_delta`
+   but not enforced (random weights). Skipped (None) when torch has no x86 quantised engine, ``--no-int8``
+   or a non-CPU device.
 8. **first page** (`first_page_s`, ``--first-page``): ``streamlit run app.py`` started from this process
    until headless Chromium shows Home's links (the model still loading in the background); `app_rss_mb` is the
    server's resident memory once Home shows the model loaded.
@@ -86,6 +92,7 @@ __all__ = [
     "plan_subjects",
     "measure_first_page",
     "measure_score",
+    "measure_score_int8",
     "run_bench",
     "synthetic_radiograph",
     "target_checks",
@@ -178,6 +185,8 @@ class BenchConfig:
     """Decoding processes of the score scenario (None: `evaluate.default_workers()`)."""
     first_page: bool = False
     """Also time `streamlit run app.py` to a usable Home page (needs Chromium and playwright)."""
+    int8: bool = True
+    """Also measure the int8 score throughput (CPU only; `measure_score_int8`)."""
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> "BenchConfig":
@@ -663,11 +672,46 @@ def measure_evaluate(subject: Subject, config: BenchConfig) -> dict[str, Any]:
 def measure_score(subject: Subject, config: BenchConfig) -> dict[str, Any]:
     """Images per second through `evaluation.worklist.score_worklist` (the `score` command's path, no files
     written) over the valid split (``--limit`` studies), else over generated images in a temporary folder."""
+    _set_threads(config.threads)
+    predictor = build_predictor(subject, config.device)
+    return _score_throughput(predictor, config, "score")
+
+
+def _int8_calibration(config: BenchConfig, count: int = 16) -> tuple[list[Any], str]:
+    """Decoded calibration images from the data's train split, else generated ones; (images, where from)."""
+    from mura_core.imaging.decode import decode_view
+    from mura_core.models.quantize import QuantizeError, calibration_images
+
+    try:
+        return calibration_images(config.data, split="train", count=count), f"train split of {config.data}"
+    except (QuantizeError, ValueError, OSError):
+        return [decode_view(v).pixels for v in _generated_views(count)], "generated images (no train split)"
+
+
+def measure_score_int8(subject: Subject, config: BenchConfig) -> dict[str, Any]:
+    """`measure_score` after `Predictor.enable_int8` (``score --int8``); the int8 build is timed apart."""
+    from mura_core.models.quantize import engine_available
+
+    if not engine_available() or not config.device.startswith("cpu"):
+        return {"score_int8_images_per_s": None, "score_int8_skipped": "needs the CPU and torch's x86 engine",
+                "peak_rss_mb": peak_rss_mb()}
+    _set_threads(config.threads)
+    predictor = build_predictor(subject, config.device)
+    images, source = _int8_calibration(config)
+    start = time.perf_counter()
+    predictor.enable_int8(images, max_delta=None)  # timing: a random model's accuracy is not the question
+    build = time.perf_counter() - start
+    found = _score_throughput(predictor, config, "score_int8")
+    found.update({"score_int8_build_s": build, "score_int8_calibration": f"{len(images)} images, {source}",
+                  "score_int8_calibration_delta": max(s.calibration_delta for s in predictor.int8 or [])})
+    return found
+
+
+def _score_throughput(predictor: Any, config: BenchConfig, prefix: str) -> dict[str, Any]:
+    """Time `score_worklist` with `predictor`; keys start with `prefix` ("score" or "score_int8")."""
     from mura_core.evaluation.evaluate import default_workers
     from mura_core.evaluation.worklist import score_worklist
 
-    _set_threads(config.threads)
-    predictor = build_predictor(subject, config.device)
     _scoring_loop(predictor, _generated_views(2), 2)  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
         data, split, source = config.data, "valid", "valid split of " + str(config.data)
@@ -686,11 +730,11 @@ def measure_score(subject: Subject, config: BenchConfig) -> dict[str, Any]:
                                   batch_size=config.score_batch, workers=workers, progress=False)
         seconds = time.perf_counter() - start
     images = sum(r.scored for r in worklist.rows)
-    return {"score_images_per_s": images / seconds if seconds > 0 else 0.0, "score_images": images,
-            "score_studies": len(worklist.rows), "score_s": seconds,
-            "score_workers": workers if workers is not None else ("auto (cores - 1)" if config.device.startswith(
+    return {f"{prefix}_images_per_s": images / seconds if seconds > 0 else 0.0, f"{prefix}_images": images,
+            f"{prefix}_studies": len(worklist.rows), f"{prefix}_s": seconds,
+            f"{prefix}_workers": workers if workers is not None else ("auto (cores - 1)" if config.device.startswith(
                 "cuda") else default_workers()),
-            "score_batch": config.score_batch, "score_source": source, "peak_rss_mb": peak_rss_mb()}
+            f"{prefix}_batch": config.score_batch, f"{prefix}_source": source, "peak_rss_mb": peak_rss_mb()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -766,6 +810,7 @@ SCENARIOS: dict[str, Callable[[Subject, BenchConfig], dict[str, Any]]] = {
     "naive": measure_naive,
     "evaluate": measure_evaluate,
     "score": measure_score,
+    "score_int8": measure_score_int8,
 }
 
 
@@ -814,6 +859,10 @@ def measure_subject(subject: Subject, config: BenchConfig, *, evaluate: bool = T
         sc = _run_scenario("score", subject, config)
         result.update({k: v for k, v in sc.items() if k != "peak_rss_mb"})
         result["score_peak_rss_mb"] = sc["peak_rss_mb"]
+        if config.int8:
+            q8 = _run_scenario("score_int8", subject, config)
+            result.update({k: v for k, v in q8.items() if k != "peak_rss_mb"})
+            result["score_int8_peak_rss_mb"] = q8["peak_rss_mb"]
     return result
 
 
@@ -853,6 +902,7 @@ def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) ->
         primary.update(measure_first_page(config))
     out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
     out.update({key: primary[key] for key in ("overhead_ratio", "bare_forward_s", "score_images_per_s",
+                                               "score_int8_images_per_s", "score_int8_build_s",
                                                "first_page_s", "first_paint_s", "first_page_rss_mb",
                                                "model_ready_s", "app_rss_mb") if key in primary})
     out.update({
@@ -903,6 +953,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("**overhead_ratio** (study with maps / bare forward)", lambda r: r.get("overhead_ratio"), "x"),
         ("evaluate throughput", lambda r: r.get("evaluate_images_per_s"), " img/s"),
         ("**score throughput** (worklist)", lambda r: r.get("score_images_per_s"), " img/s"),
+        ("score throughput, int8 (`score --int8`)", lambda r: r.get("score_int8_images_per_s"), " img/s"),
+        ("  int8 build: trace + calibrate + convert (once)", lambda r: r.get("score_int8_build_s"), " s"),
         ("**first page** (streamlit run -> usable Home)", lambda r: r.get("first_page_s"), " s"),
         ("first paint (Home's disclaimer)", lambda r: r.get("first_paint_s"), " s"),
         ("app server RSS at first page", lambda r: r.get("first_page_rss_mb"), " MB"),
@@ -973,6 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time `streamlit run app.py` to a usable Home page (headless Chromium)")
     p.add_argument("--score-workers", type=int, help="decoding processes of the score scenario")
     p.add_argument("--score-batch", type=int, help="batch size of the score scenario (default: 256 on CUDA, 4 on the CPU)")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 score throughput scenario")
     p.add_argument("--in-process", action="store_true",
                    help="run scenarios in this process (faster; peak memory is then cumulative)")
     p.add_argument("--worker", choices=sorted(SCENARIOS), help=argparse.SUPPRESS)
@@ -986,7 +1039,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "weights": args.weights, "arch": args.arch, "random_weights": args.random_weights,
         "device": args.device, "image_size": args.image_size, "data": args.data,
         "threads": args.threads, "isolate": not args.in_process, "profile": args.profile,
-        "first_page": args.first_page, "score_workers": args.score_workers,
+        "first_page": args.first_page, "score_workers": args.score_workers, "int8": not args.no_int8,
     }
     if args.score_batch is not None:
         overrides["score_batch"] = args.score_batch

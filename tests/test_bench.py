@@ -172,3 +172,17 @@ def test_overhead_ratio_and_score_throughput_are_reported(quick_run: tuple[dict,
     assert sub["score_images"] == 4 and sub["score_studies"] == 4 and "valid split" in sub["score_source"]
     assert result["score_images_per_s"] == pytest.approx(sub["score_images"] / sub["score_s"])
     assert "overhead_ratio" in table and "score throughput" in table
+
+
+def test_int8_score_throughput_is_reported(quick_run: tuple[dict, str]) -> None:
+    from mura_core.models.quantize import engine_available
+
+    if not engine_available():
+        pytest.skip("this torch build has no x86 (fbgemm) quantised engine")
+    result, table = quick_run
+    sub = result["subjects"][0]
+    assert sub["score_int8_images"] == 4 and "valid split" in sub["score_int8_source"]
+    assert sub["score_int8_images_per_s"] == pytest.approx(sub["score_int8_images"] / sub["score_int8_s"])
+    assert sub["score_int8_build_s"] > 0 and sub["score_int8_calibration"].startswith("1 images, train split")
+    assert result["score_int8_images_per_s"] == sub["score_int8_images_per_s"]
+    assert "score throughput, int8" in table

@@ -9,8 +9,35 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "cli_main"]
+__all__ = ["add_int8_options", "build_parser", "cli_main", "int8_predictor"]
+
+
+def add_int8_options(parser: argparse.ArgumentParser) -> None:
+    """``--int8`` (scores only, CPU), ``--calibration PATH`` and ``--calibration-images N`` (shared with evaluate)."""
+    parser.add_argument("--int8", action="store_true",
+                        help="score with an int8 copy of the model (CPU; faster, scores and scope check only, no "
+                             "heat maps); refused when the copy moves a calibration image's probability by more "
+                             "than 0.1")
+    parser.add_argument("--calibration", type=Path, action="append", default=None,
+                        help="with --int8: data source whose TRAIN split sets the int8 ranges (default: the "
+                             "scored data's train split); repeat for several sources")
+    parser.add_argument("--calibration-images", type=int, default=None,
+                        help="with --int8: how many train images calibrate (default 16)")
+
+
+def int8_predictor(args: argparse.Namespace, data: Path | list[Path]) -> Any:
+    """The predictor the arguments ask for, switched to int8 (`Predictor.enable_int8`) with calibration images
+    from the train split of ``--calibration`` (else of `data`). Raises QuantizeError, a ValueError."""
+    from mura_core.explain.predictor import Predictor
+    from mura_core.models.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images
+
+    predictor = Predictor.from_weights(args.weights, device=args.device, weights_dir=args.weights_dir)
+    sources = args.calibration or data
+    images = calibration_images(sources, split="train", count=args.calibration_images or DEFAULT_CALIBRATION_IMAGES)
+    predictor.enable_int8(images)
+    return predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decoding processes (default: every core but one on CUDA; 1 on a 2-core CPU)")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--restart", action="store_true", help="ignore partial results of an earlier run")
+    add_int8_options(parser)
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -48,8 +76,9 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     try:
         context = init_distributed(args.device)
+        predictor = int8_predictor(args, args.data) if args.int8 else None
         worklist = score_worklist(
-            args.data, out=args.out, split=args.split, limit=args.limit, weights=args.weights,
+            args.data, predictor=predictor, out=args.out, split=args.split, limit=args.limit, weights=args.weights,
             weights_dir=args.weights_dir, device=args.device, batch_size=args.batch_size, workers=args.workers,
             amp=False if args.no_amp else None, restart=args.restart, progress=not args.no_progress,
             context=context)

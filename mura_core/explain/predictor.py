@@ -27,6 +27,11 @@ Features: the scoring forward also leaves the first model's pooled features on e
 (`explain.features.capture_pooled`), so the scope check and the body-part suggestion (`explain.triage`)
 need no second forward.
 
+int8 scoring (opt-in, CPU): `Predictor.enable_int8(calibration_images)` switches scoring to int8 copies of the
+members (`models.quantize`), which also return the pooled features, so the scope check still works. Scores
+only: any heat-map request then raises `ExplainError`. Name and sha256 gain an "int8" mark, so a worklist
+never resumes float rows into an int8 run.
+
 Thread safety: every forward through a member holds that model's lock (`explain.model_lock`), so one
 `Predictor` may be shared by many threads (e.g. Streamlit sessions).
 
@@ -56,6 +61,7 @@ from mura_core.explain.cams import (
     explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
 from mura_core.explain.features import capture_pooled
+from mura_core.models.quantize import DEFAULT_MAX_DELTA
 from mura_core.models.registry import get_arch
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
@@ -179,6 +185,8 @@ class Predictor:
         base = dict(thresholds) if thresholds is not None else _mean_thresholds(self.members)
         base.setdefault("default", 0.5)
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
+        self.int8: list[Any] | None = None
+        """The members' `models.quantize.Int8Scorer`s once `enable_int8` ran (scores only), else None."""
 
     # ------------------------------------------------------------------ construction and facts
 
@@ -206,7 +214,8 @@ class Predictor:
     def sha256(self) -> str | None:
         """The checkpoint sha256 (members' joined by "+" for an ensemble)."""
         shas = [m.sha256 or "" for m in self.members]
-        return shas[0] if len(shas) == 1 else "+".join(shas)
+        sha = shas[0] if len(shas) == 1 else "+".join(shas)
+        return sha + ":int8" if self.int8 is not None else sha
 
     @property
     def is_ensemble(self) -> bool:
@@ -219,7 +228,10 @@ class Predictor:
         return DEFAULT_CAM if methods == {DEFAULT_CAM} else FALLBACK_CAM
 
     def cam_methods(self) -> list[str]:
-        """Heat-map methods every member supports (slow ones included; see `explain.SLOW_METHODS`)."""
+        """Heat-map methods every member supports (slow ones included; see `explain.SLOW_METHODS`); none on
+        the int8 path."""
+        if self.int8 is not None:
+            return []
         return [meth for meth in CAM_METHODS
                 if all(supports_method(m.model, m.spec, meth) for m in self.members)]
 
@@ -255,7 +267,60 @@ class Predictor:
         methods = {default_method(m.model, m.spec) for m in self.members}
         return methods.pop() if len(methods) == 1 else "auto"
 
+    def enable_int8(self, calibration: Sequence[np.ndarray], *, backend: str | None = None,
+                    observer: str = "histogram", max_delta: float | None = DEFAULT_MAX_DELTA) -> None:
+        """Score with int8 copies of the members from now on (CPU only; scores and pooled features, no maps).
+
+        Args:
+            calibration: decoded 2-D training images (not the ones to be measured) that set the int8 ranges
+                (`models.quantize.calibration_images`).
+            backend: the quantised engine (default `models.quantize.DEFAULT_BACKEND`).
+            observer, max_delta: see `models.quantize.quantize_for_scoring` (None: no accuracy check).
+
+        Raises:
+            QuantizeError: not on the CPU, no images, or an architecture that cannot be quantised (named).
+        """
+        from mura_core.models.quantize import DEFAULT_BACKEND, QuantizeError, quantize_for_scoring
+
+        if self.device.type != "cpu":
+            raise QuantizeError(f"int8 scoring runs on the CPU only (this predictor is on {self.device})")
+        if not len(calibration):
+            raise QuantizeError("int8 scoring needs calibration images (decoded training images)")
+        scorers = []
+        for member in self.members:
+            batch = torch.stack([to_model_input(img, member.config) for img in calibration])
+            batches = [batch[i:i + 8] for i in range(0, len(batch), 8)]
+            scorers.append(quantize_for_scoring(
+                member.model, member.spec, batches, backend=backend or DEFAULT_BACKEND, observer=observer,
+                temperature=member.temperature, max_delta=max_delta))
+        if self.int8 is None:
+            self.name = f"{self.name} (int8)"
+        self.int8 = scorers
+
+    def _run_int8(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *, tta: bool
+                  ) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
+        """`run_batches_features` on the int8 copies: probabilities (N,), no maps, first member's features."""
+        if methods:
+            raise ExplainError(f"heat maps ({', '.join(methods)}) are not available on the int8 scoring path; "
+                               "score without int8 to get them")
+        probs, features = [], None
+        for k, (member, scorer) in enumerate(zip(self.members, self.int8 or [])):
+            x = batches[member.config].to("cpu", dtype=torch.float32)
+            n = x.shape[0]
+            if tta:
+                x = torch.cat([x, torch.flip(x, dims=[-1])])
+            with model_lock(scorer), torch.inference_mode():
+                logits, pooled = scorer(x)
+            p = 1.0 / (1.0 + np.exp(-logits.reshape(-1).numpy().astype(np.float64) / member.temperature))
+            probs.append((p[:n] + p[n:]) / 2.0 if tta else p)
+            if k == 0:
+                features = pooled[:n].numpy().astype(np.float32)
+        return np.mean(probs, axis=0), {}, features
+
     def _method_for(self, member: _Member, cam: str) -> str:
+        if self.int8 is not None:
+            raise ExplainError(f"heat maps ({cam}) are not available on the int8 scoring path (scores only); "
+                               "score without int8 to get them")
         if cam in AUTO_CAM:
             return default_method(member.model, member.spec)
         if not supports_method(member.model, member.spec, cam):
@@ -294,6 +359,9 @@ class Predictor:
         if target not in TARGETS:
             raise ExplainError(f"unknown target {target!r}; choose 'abnormal' or 'normal'")
         methods = list(dict.fromkeys(methods))
+        if self.int8 is not None:
+            prob, maps, _ = self._run_int8(batches, methods, tta=tta)
+            return prob, maps
         probs: list[np.ndarray] = []
         maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         for member in self.members:
@@ -325,6 +393,8 @@ class Predictor:
         (`explain.features.capture_pooled`): the scope and body-part heads need no second forward. Features are
         None when only slow methods were asked (they run on a private copy of the model)."""
         member = self.members[0]
+        if self.int8 is not None:
+            return self._run_int8(batches, list(dict.fromkeys(methods)), tta=tta)
         if methods and all(m in SLOW_METHODS for m in methods):
             return (*self.run_batches_many(batches, methods, target=target, tta=tta), None)
         with model_lock(member.model), capture_pooled(member.model, member.spec) as found:
