@@ -19,12 +19,11 @@ embeddings) raise `QuantizeError` naming the architecture; there is no silent fl
 
 Accuracy check (float32 vs int8 on the same images, calibration from the train split)::
 
-    python -m mura_core.models.quantize --weights lite0_multisource_box \\
+    python -m mura_core int8-check --weights lite0_multisource_box \\
         --data ../shared/data/bone-fracture-xr --split valid --limit 200
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -467,50 +466,3 @@ def compare_float_int8(loaded: Any, data: str | Path, *, split: str = "valid", l
                       scope_checked=scope_checked, scope_agree=scope_agree, float_s=float_s, int8_s=int8_s,
                       build_s=build_s, calibration=len(images),
                       calibration_delta=max(s.calibration_delta for s in fast.int8 or []), observer=observer)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The accuracy-check argument parser (``python -m mura_core.models.quantize``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m mura_core.models.quantize",
-        description="Compare float32 and int8 scores of one model on the same images (int8 calibrated on the "
-                    "train split).")
-    parser.add_argument("--weights", default=None, help="indexed weights name or checkpoint path (default: "
-                                                        "the index's default)")
-    parser.add_argument("--weights-dir", type=Path, default=None)
-    parser.add_argument("--data", required=True, type=Path, help="data source with train and valid splits")
-    parser.add_argument("--split", default="valid", help="the compared split (default valid)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N studies")
-    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
-                        help=f"train images that set the int8 ranges (default {DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--observer", default="histogram", choices=OBSERVERS, help="activation range observer")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the accuracy check and print it; 2 on a usage error (unknown weights, data, architecture)."""
-    args = build_parser().parse_args(argv)
-    from mura_core.data.sources import DatasetError
-    from mura_core.models.checkpoints import CheckpointError
-    from mura_core.models.weights import load_weights
-
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    try:
-        loaded = load_weights(args.weights, device="cpu", weights_dir=args.weights_dir)
-        result = compare_float_int8(loaded, args.data, split=args.split, limit=args.limit,
-                                    calibration_count=args.calibration_images, observer=args.observer,
-                                    progress=not args.no_progress)
-    except (QuantizeError, CheckpointError, DatasetError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{loaded.card.name} ({loaded.card.arch}, {loaded.card.image_size} px) on {args.data} {args.split}:")
-    for line in result.lines():
-        print("  " + line)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -168,3 +168,18 @@ def test_evaluate_int8_needs_cam_none(capsys, weights: Path, data: Path, tmp_pat
     assert evaluate_cli.cli_main(base + ["--cam", "none"]) == 0
     out = capsys.readouterr().out
     assert "tiny (int8)" in out and (tmp_path / "e" / "report.json").is_file()
+
+
+def test_int8_check_command_compares_float_and_int8(capsys, weights: Path, data: Path):
+    from mura_core.commands import SUBCOMMANDS
+    from mura_core.commands import int8_check as check_cli
+
+    assert SUBCOMMANDS["int8-check"][0] == "mura_core.commands.int8_check"
+    code = check_cli.cli_main(["--weights-dir", str(weights), "--data", str(data), "--split", "valid",
+                               "--calibration-images", "4", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("tiny (shallow_cnn") and "|delta probability|: max" in out and "AUC float32" in out
+    assert check_cli.cli_main(["--weights-dir", str(weights), "--weights", "tok", "--data", str(data),
+                               "--calibration-images", "2", "--no-progress"]) == 2
+    assert "'hybrid'" in capsys.readouterr().err
