@@ -110,9 +110,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "naive_ratio": (">=", 10.0),
     "peak_rss_mb": ("<", 1200.0),
     "score_images_per_s": (">=", 8.0),
+    "score_int8_images_per_s": (">=", 8.0),
     "first_page_s": ("<=", 5.0),
 }
-"""Targets for densenet169 at 320 px on the 2-core CPU machine: key -> (comparison, bound). On an H100 the
+"""Targets for densenet169 at 320 px on the 2-core CPU machine: key -> (comparison, bound); the 8 images/s
+score target is checked for float32 and for the int8 scores-only path (`score --int8`). On an H100 the
 issue asks `score_images_per_s` >= 2000 and a study with maps <= 30 ms (`GPU_TARGETS`)."""
 
 GPU_TARGETS: dict[str, tuple[str, float]] = {

@@ -66,7 +66,12 @@ class QuantizeError(ValueError):
 
 
 def engine_available(backend: str = DEFAULT_BACKEND) -> bool:
-    """True when this torch build has the quantised engine `backend` (x86 needs an x86 CPU build)."""
+    """True when this torch build has the quantised engine `backend` (x86 needs an x86 CPU build) and still
+    ships the FX quantisation API (deprecated upstream in favour of torchao)."""
+    try:
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: F401
+    except ImportError:
+        return False
     return backend in torch.backends.quantized.supported_engines
 
 
@@ -213,8 +218,8 @@ def quantize_for_scoring(model: nn.Module, arch: str | ArchSpec, example_batches
         raise QuantizeError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
     spec = arch if isinstance(arch, ArchSpec) else get_arch(arch)
     if not engine_available(backend):
-        raise QuantizeError(f"the quantised engine {backend!r} is not in this torch build "
-                            f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
+        raise QuantizeError(f"the quantised engine {backend!r} or torch's FX quantisation API is not in this torch "
+                            f"build (engines: {', '.join(torch.backends.quantized.supported_engines)})")
     if spec.reshape_transform is not None:
         raise QuantizeError(f"int8 scoring is not available for architecture {spec.name!r}: its features are "
                             "transformer tokens (attention and size-dependent position embeddings are not "
