@@ -1,4 +1,4 @@
-"""``python -m mura_core int8-check``: float32 vs int8 scores of one model on the same images (`models.quantize`).
+"""``python -m mura_core int8-check``: float32 vs int8 scores of one model on the same images (`evaluation.int8_check`).
 
 Prints the largest and mean probability change, AUC in float32 and int8, decisions that flip at the model's
 threshold and scope-check agreement; the int8 ranges are calibrated on the data's TRAIN split, never on the
@@ -41,7 +41,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     import torch
 
     from mura_core.data.sources import DatasetError
-    from mura_core.models.quantize import QuantizeError, compare_float_int8
+    from mura_core.evaluation.int8_check import compare_float_int8
+    from mura_core.models.quantize import QuantizeError
     from mura_core.models.checkpoints import CheckpointError
     from mura_core.models.weights import load_weights
 
