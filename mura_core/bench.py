@@ -459,6 +459,8 @@ def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
     The first thing measured is the app's path (load one model, score + default heat map); the
     peak RSS read right after it is the "running app with one model" figure.
     """
+    from mura_core.imaging.decode import decode_view
+
     _set_threads(config.threads)
     start = time.perf_counter()
     predictor = build_predictor(subject, config.device)
@@ -477,8 +479,6 @@ def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
             latency[method] = median_time(lambda: run(views, cam=method), config.repeats)[0]
         latency[f"{method}_tta"] = median_time(lambda: run(views, cam=method, tta=True), config.repeats)[0]
     breakdown = _stage_breakdown(predictor, views, list(dict.fromkeys([default, *methods])), config.repeats)
-    from mura_core.imaging.decode import decode_view
-
     batches = predictor.prepare([decode_view(v).pixels for v in views])
     paired_study_s, paired_forward_s = paired_medians(lambda: run(views, cam=default),
                                                       lambda: predictor.run_batches(batches, cam=None),
