@@ -134,3 +134,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def int8_weights(tmp_path_factory) -> Path:
+    """A weights folder with a tiny CNN (default, quantisable) and a tiny hybrid (not quantisable)."""
+    from fixtures.score import weights_folder
+
+    return weights_folder(tmp_path_factory.mktemp("w"), {"tiny": "shallow_cnn", "tok": "hybrid"}, default="tiny",
+                          thresholds={"default": 0.5})
+
+
+@pytest.fixture(scope="module")
+def int8_data(tmp_path_factory) -> Path:
+    """A tiny manifest with train and valid studies (one corrupt view) for the int8 tests."""
+    from fixtures.score import tiny_manifest
+
+    return tiny_manifest(tmp_path_factory.mktemp("m") / "d", n_studies=7, corrupt=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures.score import grey_image, tiny_manifest, weights_folder
+from fixtures.score import grey_image, tiny_manifest
 
 from mura_core.commands import evaluate as evaluate_cli
 from mura_core.commands import score as score_cli
@@ -48,14 +48,13 @@ def shallow() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return weights_folder(tmp_path_factory.mktemp("w"), {"tiny": "shallow_cnn", "tok": "hybrid"}, default="tiny",
-                          thresholds={"default": 0.5})
+def weights(int8_weights: Path) -> Path:
+    return int8_weights
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return tiny_manifest(tmp_path_factory.mktemp("m") / "d", n_studies=7, corrupt=1)
+def data(int8_data: Path) -> Path:
+    return int8_data
 
 
 def test_int8_copy_scores_close_to_float32_with_features(shallow: torch.nn.Module):
@@ -168,18 +167,3 @@ def test_evaluate_int8_needs_cam_none(capsys, weights: Path, data: Path, tmp_pat
     assert evaluate_cli.cli_main(base + ["--cam", "none"]) == 0
     out = capsys.readouterr().out
     assert "tiny (int8)" in out and (tmp_path / "e" / "report.json").is_file()
-
-
-def test_int8_check_command_compares_float_and_int8(capsys, weights: Path, data: Path):
-    from mura_core.commands import SUBCOMMANDS
-    from mura_core.commands import int8_check as check_cli
-
-    assert SUBCOMMANDS["int8-check"][0] == "mura_core.commands.int8_check"
-    code = check_cli.cli_main(["--weights-dir", str(weights), "--data", str(data), "--split", "valid",
-                               "--calibration-images", "4", "--no-progress"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    assert out.startswith("tiny (shallow_cnn") and "|delta probability|: max" in out and "AUC float32" in out
-    assert check_cli.cli_main(["--weights-dir", str(weights), "--weights", "tok", "--data", str(data),
-                               "--calibration-images", "2", "--no-progress"]) == 2
-    assert "'hybrid'" in capsys.readouterr().err
