@@ -682,7 +682,7 @@ def measure_score(subject: Subject, config: BenchConfig) -> dict[str, Any]:
 def _int8_calibration(config: BenchConfig, count: int = 16) -> tuple[list[Any], str]:
     """Decoded calibration images from the data's train split, else generated ones; (images, where from)."""
     from mura_core.imaging.decode import decode_view
-    from mura_core.models.quantize import QuantizeError, calibration_images
+    from mura_core.explain.quantize import QuantizeError, calibration_images
 
     try:
         return calibration_images(config.data, split="train", count=count), f"train split of {config.data}"
@@ -692,7 +692,7 @@ def _int8_calibration(config: BenchConfig, count: int = 16) -> tuple[list[Any], 
 
 def measure_score_int8(subject: Subject, config: BenchConfig) -> dict[str, Any]:
     """`measure_score` after `Predictor.enable_int8` (``score --int8``); the int8 build is timed apart."""
-    from mura_core.models.quantize import engine_available
+    from mura_core.explain.quantize import engine_available
 
     if not engine_available() or not config.device.startswith("cpu"):
         return {"score_int8_images_per_s": None, "score_int8_skipped": "needs the CPU and torch's x86 engine",

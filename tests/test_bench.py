@@ -175,7 +175,7 @@ def test_overhead_ratio_and_score_throughput_are_reported(quick_run: tuple[dict,
 
 
 def test_int8_score_throughput_is_reported(quick_run: tuple[dict, str]) -> None:
-    from mura_core.models.quantize import engine_available
+    from mura_core.explain.quantize import engine_available
 
     if not engine_available():
         pytest.skip("this torch build has no x86 (fbgemm) quantised engine")

@@ -717,7 +717,6 @@ def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, 
     map is at the first model's input size. Raises `explain.slow.SlowBusy` when another session's slow
     run holds the server; a failed or stopped run is not cached.
     """
-    import math
     import time
 
     from mura_core.explain.slow import run_slow
@@ -735,7 +734,7 @@ def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, 
         member_maps, logits = run_slow(member.model, member.spec, batches[member.config].to(predictor.device),
                                        method, target, progress=share)
         maps.append(member_maps)
-        probs.append(1.0 / (1.0 + math.exp(-float(logits[0]) / member.temperature)))
+        probs.append(float(member.probabilities(logits)[0]))
     seconds = time.perf_counter() - start
     size = (members[0].config.image_size, members[0].config.image_size)
     run = MapRun(method, predictor.combine_maps(maps, 0, size), sum(probs) / len(probs), seconds)

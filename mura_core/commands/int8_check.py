@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mura_core.models.quantize import DEFAULT_CALIBRATION_IMAGES, OBSERVERS
+from mura_core.explain.quantize import DEFAULT_CALIBRATION_IMAGES, OBSERVERS
 
 __all__ = ["build_parser", "cli_main"]
 
@@ -42,7 +42,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     from mura_core.data.sources import DatasetError
     from mura_core.evaluation.int8_check import compare_float_int8
-    from mura_core.models.quantize import QuantizeError
+    from mura_core.explain.quantize import QuantizeError
     from mura_core.models.checkpoints import CheckpointError
     from mura_core.models.weights import load_weights
 

@@ -31,7 +31,7 @@ def int8_predictor(args: argparse.Namespace, data: Path | list[Path]) -> Any:
     """The predictor the arguments ask for, switched to int8 (`Predictor.enable_int8`) with calibration images
     from the train split of ``--calibration`` (else of `data`). Raises QuantizeError, a ValueError."""
     from mura_core.explain.predictor import Predictor
-    from mura_core.models.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images
+    from mura_core.explain.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_images
 
     predictor = Predictor.from_weights(args.weights, device=args.device, weights_dir=args.weights_dir)
     sources = args.calibration or data

@@ -1,7 +1,7 @@
-"""How far an int8 copy's scores move from float32 on the same images (`models.quantize`); the accuracy check
+"""How far an int8 copy's scores move from float32 on the same images (`explain.quantize`); the accuracy check
 behind ``python -m mura_core int8-check``.
 
-The int8 ranges are calibrated on the data's TRAIN split (`models.quantize.calibration_images`), never on the
+The int8 ranges are calibrated on the data's TRAIN split (`explain.quantize.calibration_images`), never on the
 compared images. Reported: the largest and mean change of probability, AUC in both, decisions that flip at the
 model's threshold, scope-check agreement and the time of each forward.
 """
@@ -21,7 +21,7 @@ from mura_core.explain.heads import predictor_heads
 from mura_core.explain.predictor import Predictor
 from mura_core.explain.scope import check_scope
 from mura_core.imaging.decode import DecodeError, decode_view
-from mura_core.models.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DELTA, QuantizeError,
+from mura_core.explain.quantize import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DELTA, QuantizeError,
                                        calibration_images)
 
 __all__ = ["Comparison", "compare_float_int8"]

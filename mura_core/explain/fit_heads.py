@@ -212,8 +212,7 @@ def fit_heads(model: Any, spec_name: str, config: PreprocessConfig, checkpoint_s
     q = 1.0 - false_alarm / 2.0
     heads = dataclasses.replace(draft, density_threshold=float(np.quantile(density[upper_calib], q)),
                                 kind_threshold=float(np.quantile(outside[upper_calib], q)))
-    flagged = (np.maximum(heads.density(feats) / heads.density_threshold,
-                          heads.outside(feats) / heads.kind_threshold) >= 1.0)
+    flagged = np.maximum(density / heads.density_threshold, outside / heads.kind_threshold) >= 1.0
     report = _report(items, flagged, held, calib, train, okm, heads, feats, false_alarm, components)
     return FitResult(heads, report)
 

@@ -78,7 +78,11 @@ class Heads:
 
     def outside(self, features: np.ndarray) -> np.ndarray:
         """(N,) probability that the image is not an upper-limb radiograph (1 - P(upper_limb))."""
-        return 1.0 - self.kinds(features)[:, self.kind_classes.index(UPPER_KIND)]
+        return self.outside_of(self.kinds(features))
+
+    def outside_of(self, kinds: np.ndarray) -> np.ndarray:
+        """(N,) 1 - P(upper_limb) of image-kind probabilities already computed by `kinds`."""
+        return 1.0 - kinds[:, self.kind_classes.index(UPPER_KIND)]
 
     def parts(self, features: np.ndarray) -> np.ndarray:
         """(N, K) body-part probabilities over `part_classes`."""

@@ -28,7 +28,7 @@ Features: the scoring forward also leaves the first model's pooled features on e
 need no second forward.
 
 int8 scoring (opt-in, CPU): `Predictor.enable_int8(calibration_images)` switches scoring to int8 copies of the
-members (`models.quantize`), which also return the pooled features, so the scope check still works. Scores
+members (`explain.quantize`), which also return the pooled features, so the scope check still works. Scores
 only: any heat-map request then raises `ExplainError`. Name and sha256 gain an "int8" mark, so a worklist
 never resumes float rows into an int8 run.
 
@@ -61,7 +61,7 @@ from mura_core.explain.cams import (
     explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
 from mura_core.explain.features import capture_pooled
-from mura_core.models.quantize import DEFAULT_MAX_DELTA
+from mura_core.explain.quantize import DEFAULT_MAX_DELTA
 from mura_core.models.registry import get_arch
 from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
@@ -144,6 +144,10 @@ class _Member:
     temperature: float = 1.0
     """Calibration from the card: P = sigmoid(logit / temperature)."""
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated P(abnormal) of raw logits: sigmoid(logit / temperature), float64."""
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / self.temperature))
+
 
 def _member(loaded: LoadedModel, device: torch.device) -> _Member:
     card = loaded.card
@@ -186,7 +190,7 @@ class Predictor:
         base.setdefault("default", 0.5)
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
         self.int8: list[Any] | None = None
-        """The members' `models.quantize.Int8Scorer`s once `enable_int8` ran (scores only), else None."""
+        """The members' `explain.quantize.Int8Scorer`s once `enable_int8` ran (scores only), else None."""
 
     # ------------------------------------------------------------------ construction and facts
 
@@ -273,14 +277,14 @@ class Predictor:
 
         Args:
             calibration: decoded 2-D training images (not the ones to be measured) that set the int8 ranges
-                (`models.quantize.calibration_images`).
-            backend: the quantised engine (default `models.quantize.DEFAULT_BACKEND`).
-            observer, max_delta: see `models.quantize.quantize_for_scoring` (None: no accuracy check).
+                (`explain.quantize.calibration_images`).
+            backend: the quantised engine (default `explain.quantize.DEFAULT_BACKEND`).
+            observer, max_delta: see `explain.quantize.quantize_for_scoring` (None: no accuracy check).
 
         Raises:
             QuantizeError: not on the CPU, no images, or an architecture that cannot be quantised (named).
         """
-        from mura_core.models.quantize import DEFAULT_BACKEND, QuantizeError, quantize_for_scoring
+        from mura_core.explain.quantize import DEFAULT_BACKEND, QuantizeError, quantize_for_scoring
 
         if self.device.type != "cpu":
             raise QuantizeError(f"int8 scoring runs on the CPU only (this predictor is on {self.device})")
@@ -296,26 +300,6 @@ class Predictor:
         if self.int8 is None:
             self.name = f"{self.name} (int8)"
         self.int8 = scorers
-
-    def _run_int8(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *, tta: bool
-                  ) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
-        """`run_batches_features` on the int8 copies: probabilities (N,), no maps, first member's features."""
-        if methods:
-            raise ExplainError(f"heat maps ({', '.join(methods)}) are not available on the int8 scoring path; "
-                               "score without int8 to get them")
-        probs, features = [], None
-        for k, (member, scorer) in enumerate(zip(self.members, self.int8 or [])):
-            x = batches[member.config].to("cpu", dtype=torch.float32)
-            n = x.shape[0]
-            if tta:
-                x = torch.cat([x, torch.flip(x, dims=[-1])])
-            with model_lock(scorer), torch.inference_mode():
-                logits, pooled = scorer(x)
-            p = 1.0 / (1.0 + np.exp(-logits.reshape(-1).numpy().astype(np.float64) / member.temperature))
-            probs.append((p[:n] + p[n:]) / 2.0 if tta else p)
-            if k == 0:
-                features = pooled[:n].numpy().astype(np.float32)
-        return np.mean(probs, axis=0), {}, features
 
     def _method_for(self, member: _Member, cam: str) -> str:
         if self.int8 is not None:
@@ -356,35 +340,52 @@ class Predictor:
         Several fast methods share that forward (`explain.explain_many`): evaluating the pointing game
         for seven methods costs about one forward, not seven. No methods: scores only (inference mode).
         """
+        prob, maps, _ = self._run(batches, methods, target=target, tta=tta)
+        return prob, maps
+
+    def _run(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *,
+             target: str, tta: bool) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
+        """`run_batches_many` plus the first member's pooled features when the int8 copies gave them (the
+        float path leaves them to `capture_pooled`)."""
         if target not in TARGETS:
             raise ExplainError(f"unknown target {target!r}; choose 'abnormal' or 'normal'")
         methods = list(dict.fromkeys(methods))
-        if self.int8 is not None:
-            prob, maps, _ = self._run_int8(batches, methods, tta=tta)
-            return prob, maps
         probs: list[np.ndarray] = []
         maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-        for member in self.members:
+        int8_features = None
+        for k, member in enumerate(self.members):
             x = batches[member.config].to(self.device, dtype=torch.float32)
             n = x.shape[0]
             if tta:
                 x = torch.cat([x, torch.flip(x, dims=[-1])])
             if not methods:
-                with model_lock(member.model), torch.inference_mode():
-                    logits = member.model(x).float().reshape(-1).cpu().numpy()
+                logits, pooled = self._scores_forward(k, x)
+                int8_features = pooled[:n] if k == 0 and pooled is not None else int8_features
                 member_maps: dict[str, np.ndarray] = {}
             else:
                 resolved = {m: self._method_for(member, m) for m in methods}
                 by_name, logits = explain_many(member.model, member.spec, x, list(resolved.values()), target)
                 member_maps = {m: by_name[resolved[m]] for m in methods}
-            p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / member.temperature))
+            p = member.probabilities(logits)
             if tta:
                 p = (p[:n] + p[n:]) / 2.0
                 member_maps = {m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in member_maps.items()}
             probs.append(p)
             for m in methods:
                 maps[m].append(member_maps[m])
-        return np.mean(probs, axis=0), maps
+        return np.mean(probs, axis=0), maps, int8_features
+
+    def _scores_forward(self, k: int, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Member `k`'s scores-only forward: raw logits (rows,) and, from its int8 copy (`enable_int8`), the
+        pooled features (rows, C) that copy returns; None from the float model (hooks take them there)."""
+        if self.int8 is not None:
+            scorer = self.int8[k]
+            with model_lock(scorer), torch.inference_mode():
+                logits, pooled = scorer(x)
+            return logits.reshape(-1).numpy(), pooled.numpy().astype(np.float32)
+        model = self.members[k].model
+        with model_lock(model), torch.inference_mode():
+            return model(x).float().reshape(-1).cpu().numpy(), None
 
     def run_batches_features(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str] = (),
                              *, target: str = "abnormal", tta: bool = False
@@ -393,8 +394,8 @@ class Predictor:
         (`explain.features.capture_pooled`): the scope and body-part heads need no second forward. Features are
         None when only slow methods were asked (they run on a private copy of the model)."""
         member = self.members[0]
-        if self.int8 is not None:
-            return self._run_int8(batches, list(dict.fromkeys(methods)), tta=tta)
+        if self.int8 is not None:  # the int8 copies return their features; no hook can see inside them
+            return self._run(batches, methods, target=target, tta=tta)
         if methods and all(m in SLOW_METHODS for m in methods):
             return (*self.run_batches_many(batches, methods, target=target, tta=tta), None)
         with model_lock(member.model), capture_pooled(member.model, member.spec) as found:

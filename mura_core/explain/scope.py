@@ -92,7 +92,7 @@ def check_scope(heads: Any | None, features: np.ndarray | None, metas: Sequence[
         return out
     density = heads.density(features) / heads.density_threshold
     kinds = heads.kinds(features)
-    outside = (1.0 - kinds[:, heads.kind_classes.index(UPPER_KIND)]) / heads.kind_threshold
+    outside = heads.outside_of(kinds) / heads.kind_threshold
     for i in range(len(metas)):
         score = float(max(density[i], outside[i]))
         if out[i] is not None:  # the tag decided; keep the image's score for the record

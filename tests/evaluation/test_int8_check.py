@@ -9,7 +9,7 @@ import pytest
 from mura_core.commands import SUBCOMMANDS
 from mura_core.commands import int8_check as check_cli
 from mura_core.evaluation.int8_check import compare_float_int8
-from mura_core.models.quantize import QuantizeError, engine_available
+from mura_core.explain.quantize import QuantizeError, engine_available
 from mura_core.models.weights import load_weights
 
 pytestmark = [

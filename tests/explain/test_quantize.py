@@ -1,4 +1,4 @@
-"""Tests for `mura_core.models.quantize`: the int8 scoring copy, its wiring in `Predictor`, `score --int8` and
+"""Tests for `mura_core.explain.quantize`: the int8 scoring copy, its wiring in `Predictor`, `score --int8` and
 `evaluate --int8`. Tiny random-weight models at 64 px on the CPU (seconds); no timing assertions."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mura_core.commands import evaluate as evaluate_cli
 from mura_core.commands import score as score_cli
 from mura_core.explain.cams import ExplainError
 from mura_core.explain.predictor import Predictor
-from mura_core.models.quantize import (
+from mura_core.explain.quantize import (
     Int8Scorer, QuantizeError, calibration_images, engine_available, quantize_for_scoring,
 )
 from mura_core.models.registry import create_model, get_arch

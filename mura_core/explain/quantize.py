@@ -7,7 +7,7 @@ gradients or exact feature maps.
 
 `quantize_for_scoring(model, arch, batches)` traces a private copy of the model with ``torch.fx``, adds a
 second output -- the spatial mean of the architecture's CAM layer, i.e. the pooled features the scope and
-body-part heads read (`explain.features`) -- checks that the traced float copy gives the same logit and
+body-part heads read (`explain.features.capture_pooled`) -- checks that the traced float copy gives the same logit and
 features as the model, calibrates activation ranges on a few REAL preprocessed batches (take them from a
 training split, never from the images you then measure), and converts it. The result, an `Int8Scorer`,
 maps an (N, 3, S, S) batch to ``(logits (N, 1), pooled features (N, C))``, both float32.
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mura_core.explain.features import capture_pooled
 from mura_core.models.registry import ArchSpec, _SameConv2d, get_arch
 
 __all__ = [
@@ -180,16 +181,11 @@ def _with_pooled_output(model: nn.Module, spec: ArchSpec) -> torch.fx.GraphModul
 
 
 def _reference(model: nn.Module, spec: ArchSpec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float model's logits and pooled CAM-layer features, taken with a forward hook (the ground truth)."""
-    found: list[torch.Tensor] = []
-    handle = spec.cam_target_layer(model).register_forward_hook(
-        lambda _m, _i, out: found.append(out.detach().float().mean(dim=(2, 3))))
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    finally:
-        handle.remove()
-    return logits.float(), found[0]
+    """The float model's logits and its pooled features exactly as the scope heads read them
+    (`explain.features.capture_pooled`): the ground truth the traced copy must reproduce."""
+    with capture_pooled(model, spec) as found, torch.no_grad():
+        logits = model(x)
+    return logits.float(), torch.from_numpy(found[0])
 
 
 def quantize_for_scoring(model: nn.Module, arch: str | ArchSpec, example_batches: Iterable[torch.Tensor], *,
