@@ -25,7 +25,8 @@
    study, forward ...) so that both see the same machine state; the median of each over the pairs.
    `overhead_ratio_sequential` keeps the older figure, `study_latency_s` over the forward timed minutes
    later in the stage breakdown (on a shared CPU, drift between the two inflates or deflates it).
-7. **score throughput** (`score_images_per_s`): `evaluation.worklist.score_worklist` (the `score`
+7. **score throughput** (`score_images_per_s`, in `score_precision`: bf16 where the hardware has it and the
+   first batch agrees with float32): `evaluation.worklist.score_worklist` (the `score`
    command's path: decoding workers, large batches; bf16 autocast and channels-last on CUDA) over the
    valid split, no files written.
 7b. **int8 score throughput** (`score_int8_images_per_s`): the same worklist run after
@@ -734,6 +735,7 @@ def _score_throughput(predictor: Any, config: BenchConfig, prefix: str) -> dict[
     images = sum(r.scored for r in worklist.rows)
     return {f"{prefix}_images_per_s": images / seconds if seconds > 0 else 0.0, f"{prefix}_images": images,
             f"{prefix}_studies": len(worklist.rows), f"{prefix}_s": seconds,
+            f"{prefix}_precision": "bf16" if any(r.model.endswith("(bf16)") for r in worklist.rows) else "float32",
             f"{prefix}_workers": workers if workers is not None else ("auto (cores - 1)" if config.device.startswith(
                 "cuda") else default_workers()),
             f"{prefix}_batch": config.score_batch, f"{prefix}_source": source, "peak_rss_mb": peak_rss_mb()}
@@ -904,7 +906,7 @@ def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) ->
         primary.update(measure_first_page(config))
     out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
     out.update({key: primary[key] for key in ("overhead_ratio", "bare_forward_s", "score_images_per_s",
-                                               "score_int8_images_per_s", "score_int8_build_s",
+                                               "score_precision", "score_int8_images_per_s", "score_int8_build_s",
                                                "first_page_s", "first_paint_s", "first_page_rss_mb",
                                                "model_ready_s", "app_rss_mb") if key in primary})
     out.update({
@@ -955,6 +957,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("**overhead_ratio** (study with maps / bare forward)", lambda r: r.get("overhead_ratio"), "x"),
         ("evaluate throughput", lambda r: r.get("evaluate_images_per_s"), " img/s"),
         ("**score throughput** (worklist)", lambda r: r.get("score_images_per_s"), " img/s"),
+        ("  score precision (bf16 where native and checked)", lambda r: r.get("score_precision"), ""),
         ("score throughput, int8 (`score --int8`)", lambda r: r.get("score_int8_images_per_s"), " img/s"),
         ("  int8 build: trace + calibrate + convert (once)", lambda r: r.get("score_int8_build_s"), " s"),
         ("**first page** (streamlit run -> usable Home)", lambda r: r.get("first_page_s"), " s"),

@@ -1,7 +1,9 @@
 """The Worklist page's helpers: score a folder in this session, filter the rows, table and CSV.
 
 Scoring runs `evaluation.worklist.score_studies` on the app's shared Predictor (scores only, decoding in
-this process: no worker processes are forked from the server), each view's scope checked by the model's fitted
+this process: no worker processes are forked from the server) in float32, the precision the viewer scores in,
+so a study opened from the list shows the very probability listed (the ``score`` command's bf16 default is
+for archives, outside the app), each view's scope checked by the model's fitted
 heads on the features of its scoring forward, and keeps the rows in the session; nothing
 is written to disk. The CSV download is `evaluation.worklist.worklist_csv` of every row.
 """
@@ -95,7 +97,8 @@ def run_worklist(model: str, data: str, progress: Callable[[int, int], None] | N
     predictor = services.get_predictor(model)
     heads, refused = predictor_heads(predictor)
     problems += [f"scope check not available: {refused}"] if refused else []
-    for done in score_studies(predictor, studies, batch_size=16, workers=0, heads=heads, on_images=advance):
+    for done in score_studies(predictor, studies, batch_size=16, workers=0, heads=heads, amp=False,
+                              on_images=advance):
         rows.extend(done)
     rows = sorted_rows(rows)
     st.session_state.setdefault(_KEY, {})[_key(model, str(resolved))] = rows

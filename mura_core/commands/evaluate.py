@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mura_core.commands.score import add_int8_options, int8_predictor
+from mura_core.commands.score import add_int8_options, add_precision_option, bf16_wanted, int8_predictor
 
 __all__ = ["build_parser", "cli_main"]
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
+    add_precision_option(parser, "float32, the precision the viewer scores in; bf16 needs --cam none")
     add_int8_options(parser)
     return parser
 
@@ -66,9 +67,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     from mura_core.models.checkpoints import CheckpointError
     from mura_core.models.devices import DeviceError
 
-    if args.int8 and str(args.cam).strip().lower() != "none":
-        print("error: --int8 scores only (no heat maps for the pointing game); add --cam none", file=sys.stderr)
-        return 2
+    for flag, asked in (("--int8", args.int8), ("--precision bf16", args.precision == "bf16")):
+        if asked and str(args.cam).strip().lower() != "none":
+            print(f"error: {flag} scores only (no heat maps for the pointing game); add --cam none", file=sys.stderr)
+            return 2
     try:
         predictor = int8_predictor(args, args.data) if args.int8 else None
         report = evaluate_dataset(
@@ -76,7 +78,8 @@ def cli_main(argv: list[str] | None = None) -> int:
             predictor=predictor, cam=args.cam, batch_size=args.batch_size,
             workers=args.workers, limit=args.limit, out=args.out, tolerance=args.tolerance,
             aggregate=args.aggregate, tta=args.tta, n_bootstrap=args.bootstrap, seed=args.seed,
-            device=args.device, progress=not args.no_progress, weights_dir=args.weights_dir)
+            device=args.device, progress=not args.no_progress, weights_dir=args.weights_dir,
+            bf16=bool(bf16_wanted(args.precision)))
     except (CheckpointError, DatasetError, DeviceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_int8_options", "build_parser", "cli_main", "int8_predictor"]
+__all__ = ["PRECISIONS", "add_int8_options", "add_precision_option", "build_parser", "bf16_wanted", "cli_main",
+           "int8_predictor"]
+
+PRECISIONS = ("auto", "float32", "bf16")
+"""``--precision`` choices of score and evaluate."""
+
+
+def add_precision_option(parser: argparse.ArgumentParser, auto: str) -> None:
+    """``--precision auto|float32|bf16`` for the scores-only forward; `auto` says what "auto" means there."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help=f"scores-only forward in float32 or under bf16 autocast (auto: {auto}); heat maps "
+                             "always run in float32")
+
+
+def bf16_wanted(precision: str) -> bool | None:
+    """``--precision`` as the `amp` argument: True (bf16), False (float32), None (auto)."""
+    return {"bf16": True, "float32": False}.get(precision)
 
 
 def add_int8_options(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "4 on the CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: every core but one on CUDA; 1 on a 2-core CPU)")
-    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    add_precision_option(parser, "bf16 where it runs in hardware: CUDA GPUs, CPUs with AMX or AVX512-BF16")
     parser.add_argument("--restart", action="store_true", help="ignore partial results of an earlier run")
     add_int8_options(parser)
     parser.add_argument("--no-progress", action="store_true")
@@ -80,7 +96,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         worklist = score_worklist(
             args.data, predictor=predictor, out=args.out, split=args.split, limit=args.limit, weights=args.weights,
             weights_dir=args.weights_dir, device=args.device, batch_size=args.batch_size, workers=args.workers,
-            amp=False if args.no_amp else None, restart=args.restart, progress=not args.no_progress,
+            amp=bf16_wanted(args.precision), restart=args.restart, progress=not args.no_progress,
             context=context)
     except (CheckpointError, DatasetError, DeviceError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

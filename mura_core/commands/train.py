@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without progress")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device)
-    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: float16 on CUDA, bf16 on a CPU with bf16 in hardware (AMX, AVX512-BF16)")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--half", choices=["auto", "yes", "no"], default=d.half,

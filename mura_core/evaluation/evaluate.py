@@ -331,10 +331,20 @@ def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any
 
 def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batch_size: int = 16,
                workers: int | None = None, tolerance: float = 15.0, tta: bool = False,
-               progress: bool = True, on_progress: Any = None) -> _Scoring:
-    """Fill each row's probability (or error), decoding in a DataLoader; boxed images also get heat maps."""
+               progress: bool = True, on_progress: Any = None, bf16: bool = False) -> _Scoring:
+    """Fill each row's probability (or error), decoding in a DataLoader; boxed images also get heat maps.
+
+    `bf16`: the scores-only forwards run under bf16 autocast (`models.devices.bf16_autocast`); refused with
+    heat-map `methods`, whose forwards must stay float32.
+    """
     from tqdm import tqdm
 
+    from mura_core.models.devices import bf16_autocast
+
+    if bf16 and methods:
+        raise ValueError("bf16 scoring gives scores only: evaluate with cam none (no pointing game)")
+    if bf16 and getattr(predictor, "int8", None) is not None:
+        raise ValueError("bf16 and int8 scoring exclude each other: choose one")
     configs = predictor.input_configs
     workers = default_workers() if workers is None else max(0, int(workers))
     loader = DataLoader(ViewDataset([r.view for r in rows], configs), batch_size=max(1, int(batch_size)),
@@ -350,7 +360,8 @@ def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batc
         plain = [it for it in good if not rows[it["index"]].boxes]
         boxed = [it for it in good if rows[it["index"]].boxes]
         if plain:
-            prob, _ = predictor.run_batches(_stack(plain, configs), tta=tta)
+            with bf16_autocast(predictor.device, bf16):
+                prob, _ = predictor.run_batches(_stack(plain, configs), tta=tta)
             for it, p in zip(plain, prob):
                 rows[it["index"]].probability = float(p)
         if boxed:
@@ -519,6 +530,7 @@ def evaluate_rows(
     progress: bool = True,
     weights_dir: str | Path | None = None,
     on_progress: Any = None,
+    bf16: bool = False,
 ) -> tuple[dict[str, Any], list[ImageRow]]:
     """Score every image of `data` (one split, or all rows) and build the report (written if `out`);
     returns the report and the scored image rows (`evaluate_dataset` returns the report only).
@@ -535,6 +547,7 @@ def evaluate_rows(
         tolerance: pointing-game tolerance in original-image pixels (default 15).
         aggregate: study probability rule, "mean" (MURA) or "max".
         on_progress: called as on_progress(done, total) after each batch (e.g. a progress bar).
+        bf16: score under bf16 autocast (scores only: needs cam None; the report's "precision" says so).
     """
     from mura_core.explain.localization import DEFAULT_TOLERANCE_PX
     from mura_core.explain.predictor import Predictor
@@ -546,7 +559,7 @@ def evaluate_rows(
     methods = _methods(predictor, cam)
     index, rows, sources = _open_sources(data, split, limit)
     scoring = score_rows(predictor, rows, methods, batch_size=batch_size, workers=workers, tolerance=tolerance,
-                         tta=tta, progress=progress, on_progress=on_progress)
+                         tta=tta, progress=progress, on_progress=on_progress, bf16=bf16)
     report = build_report(predictor, index, rows, data=data if isinstance(data, (str, Path)) else sources[0]["path"],
                           split=split, limit=limit, aggregate=aggregate, tta=tta, n_bootstrap=n_bootstrap,
                           seed=seed, sources=sources)
@@ -554,6 +567,7 @@ def evaluate_rows(
     for name, game in per_source.items():
         report["by_source"][name]["pointing_game"] = game
     report["device"] = str(predictor.device)
+    report["precision"] = "bf16 autocast" if bf16 else ("int8" if getattr(predictor, "int8", None) else "float32")
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         write_outputs(report, rows, out)

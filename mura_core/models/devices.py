@@ -1,4 +1,5 @@
-"""Which torch device to run on: CUDA, then Apple MPS, then CPU, unless the caller insists.
+"""Which torch device to run on: CUDA, then Apple MPS, then CPU, unless the caller insists; and whether
+bf16 maths runs in hardware there (`native_bf16`, `bf16_autocast`).
 
 Example:
     >>> pick_device("cpu")
@@ -6,9 +7,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+from typing import ContextManager
+
 import torch
 
-__all__ = ["DEVICE_CHOICES", "DeviceError", "pick_device", "mps_available"]
+__all__ = ["DEVICE_CHOICES", "DeviceError", "bf16_autocast", "native_bf16", "pick_device", "mps_available"]
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 """What `pick_device` accepts (plus explicit forms such as ``cuda:1``)."""
@@ -58,3 +62,36 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
             raise DeviceError("Apple MPS was requested but is not available (use --device auto or cpu)")
         return torch.device("mps")
     raise ValueError(f"unknown device {preference!r}; choose from {', '.join(DEVICE_CHOICES)}")
+
+
+def _cpu_has(check: str) -> bool:
+    """One of torch's CPU feature probes (``torch.cpu._is_*_supported``); False where this torch lacks it."""
+    probe = getattr(torch.cpu, check, None)
+    try:
+        return bool(probe()) if callable(probe) else False
+    except RuntimeError:
+        return False
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """True where bf16 matrix maths runs in hardware: a CUDA GPU that supports it, or a CPU with AMX tiles
+    or AVX512-BF16 (e.g. Sapphire Rapids and later Xeons, Zen 4). Elsewhere bf16 is emulated and slower.
+
+    Measured on the 2-core Xeon with AMX that the project runs on: a DenseNet-169 forward at 320 px went
+    from 3.8 images/s (float32) to 11.7 (bf16 autocast); see the README's speed section.
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return _cpu_has("_is_amx_tile_supported") or _cpu_has("_is_avx512_bf16_supported")
+    return False
+
+
+def bf16_autocast(device: str | torch.device, enabled: bool = True) -> ContextManager[object]:
+    """bf16 autocast on `device` when `enabled` (a no-op context otherwise). For scores-only forwards: heat
+    maps read activations as numpy arrays, which have no bf16, so map forwards stay float32."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -154,3 +154,26 @@ def test_real_data_smoke(setup, tmp_path):
     if rep["pointing_game"] is not None:
         assert rep["pointing_game"]["methods"]["cam"]["n"] >= 1
     json.loads((tmp_path / "report.json").read_text())
+
+
+def test_bf16_scores_stay_close_to_float32_and_the_report_says_which(setup, tmp_path):
+    data, ckpt = setup
+    runs = {bf16: ev.evaluate_rows(data, split="valid", weights=str(ckpt), cam=None, n_bootstrap=0, workers=0,
+                                   progress=False, bf16=bf16) for bf16 in (False, True)}
+    assert runs[False][0]["precision"] == "float32" and runs[True][0]["precision"] == "bf16 autocast"
+    exact = [r.probability for r in runs[False][1]]
+    rounded = [r.probability for r in runs[True][1]]
+    assert [p is None for p in exact] == [p is None for p in rounded]
+    scored = [(a, b) for a, b in zip(exact, rounded) if a is not None]
+    assert scored and all(abs(a - b) < 0.05 for a, b in scored)   # bf16 keeps ~3 significant digits
+    assert any(a != b for a, b in scored)                          # and it really ran in bf16
+
+
+def test_bf16_refuses_heat_maps(setup, tmp_path, capsys):
+    data, ckpt = setup
+    with pytest.raises(ValueError, match="cam none"):
+        ev.evaluate_rows(data, split="valid", weights=str(ckpt), cam="cam", n_bootstrap=0, workers=0,
+                         progress=False, bf16=True)
+    code = evaluate_command.cli_main(["--data", str(data / "manifest.csv"), "--weights", str(ckpt),
+                                      "--out", str(tmp_path / "o"), "--precision", "bf16"])
+    assert code == 2 and "--precision bf16 scores only" in capsys.readouterr().err

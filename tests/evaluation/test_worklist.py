@@ -42,7 +42,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_study_one_row_sorted_and_equal_to_predict_study(mura: Path, predictor: Predictor, tmp_path: Path):
     result = wl.score_worklist(mura, predictor=predictor, out=tmp_path / "out", workers=0, batch_size=4,
-                               progress=False)
+                               amp=False, progress=False)
     rows = _csv(tmp_path / "out" / "worklist.csv")
     index = open_dataset(mura)
     assert len(rows) == len(index.studies) == 6 and result.scored_now == 6
@@ -62,6 +62,24 @@ def test_every_study_one_row_sorted_and_equal_to_predict_study(mura: Path, predi
         assert float(row["threshold"]) == pytest.approx(expected.threshold)
         assert row["driving_view"] == expected.views[expected.driving_view].name
         assert row["scope"] == wl.NOT_CHECKED
+
+
+@pytest.mark.parametrize("native,tolerance,bf16", [(True, 1.0, True), (True, 0.0, False), (False, 1.0, False)])
+def test_automatic_bf16_needs_the_hardware_and_a_first_batch_that_agrees(
+        monkeypatch, capsys, mura: Path, predictor: Predictor, native: bool, tolerance: float, bf16: bool):
+    from mura_core.models import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    monkeypatch.setattr(wl, "BF16_TOLERANCE", tolerance)
+    result = wl.score_worklist(mura, predictor=predictor, workers=0, batch_size=4, progress=False)
+    exact = {r.study: r.probability for r in wl.score_worklist(mura, predictor=predictor, workers=0, batch_size=4,
+                                                               amp=False, progress=False).rows}
+    scored = [r for r in result.rows if r.probability is not None]
+    assert scored and all(r.model == predictor.name + (" (bf16)" if bf16 else "") for r in result.rows)
+    for row in scored:
+        assert row.probability == pytest.approx(exact[row.study], abs=0.05 if bf16 else 1e-6)
+    assert bf16 == any(row.probability != exact[row.study] for row in scored)
+    assert ("scoring in float32" in capsys.readouterr().err) == (native and not bf16)
 
 
 def test_bad_files_are_named_with_their_reason(tmp_path: Path, predictor: Predictor):
@@ -103,7 +121,7 @@ def test_another_model_does_not_resume(mura: Path, predictor: Predictor, weights
     other = Predictor.from_weights("other", device="cpu", weights_dir=weights)
     again = wl.score_worklist(mura, predictor=other, out=tmp_path / "o", workers=0, progress=False)
     assert again.resumed == 0 and again.scored_now == 6
-    assert {r.model for r in again.rows} == {"other"}
+    assert {r.model.removesuffix(" (bf16)") for r in again.rows} == {"other"}
 
 
 def test_scope_column(tmp_path: Path, predictor: Predictor):

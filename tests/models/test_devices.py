@@ -34,3 +34,31 @@ def test_explicit_missing_device_is_an_error(monkeypatch):
 def test_unknown_device_name():
     with pytest.raises(ValueError, match="unknown device"):
         pick_device("tpu")
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [
+    (True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_on_the_cpu_follows_the_hardware_probes(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert devices.native_bf16("cpu") is expected
+    assert devices.native_bf16(torch.device("cpu")) is expected
+
+
+def test_native_bf16_is_false_without_the_probes_and_on_other_devices(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.native_bf16("cpu") is False
+    assert devices.native_bf16("cuda") is False
+    assert devices.native_bf16("mps") is False
+
+
+def test_bf16_autocast_turns_cpu_autocast_on_only_when_enabled():
+    layer = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    with devices.bf16_autocast("cpu", enabled=False):
+        assert layer(x).dtype == torch.float32
+    with devices.bf16_autocast("cpu"):
+        assert layer(x).dtype == torch.bfloat16
+    assert layer(x).dtype == torch.float32

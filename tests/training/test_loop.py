@@ -74,6 +74,23 @@ def test_same_seed_same_run(tiny_data: Path, tmp_path: Path) -> None:
     assert a.history[0]["val_loss"] == b.history[0]["val_loss"]
 
 
+def test_amp_on_a_bf16_cpu_trains_under_bf16_autocast(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from mura_core.models import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
+    layer, x, cpu = torch.nn.Linear(2, 2), torch.randn(1, 2), torch.device("cpu")
+    with loop_module._mixed_precision(cpu, True):
+        assert layer(x).dtype == torch.bfloat16
+    with loop_module._mixed_precision(cpu, False):
+        assert layer(x).dtype == torch.float32
+    amp = train(_config(tiny_data, tmp_path / "amp.pt", epochs=1, half="no", amp=True))
+    plain = train(_config(tiny_data, tmp_path / "plain.pt", epochs=1, half="no"))
+    loss_amp, loss_plain = amp.history[0]["train_loss"], plain.history[0]["train_loss"]
+    assert loss_amp != loss_plain and abs(loss_amp - loss_plain) < 0.1 * loss_plain  # bf16 maths, same run
+
+
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     kw = {"half": "no", "ema_decay": 0.9}
     full = train(_config(tiny_data, tmp_path / "full.pt", epochs=3, **kw))
