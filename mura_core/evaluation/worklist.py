@@ -21,8 +21,9 @@ workers. The study probability stays the mean of every scored view: the column w
 Speed: views are decoded in DataLoader workers and scored in large batches (scores only, under inference
 mode) under bf16 autocast wherever bf16 runs in hardware (`models.devices.native_bf16`: CUDA GPUs, CPUs with
 AMX or AVX512-BF16) and the first batch scored both ways agrees within `BF16_TOLERANCE` (else float32; the
-``model`` column says "(bf16)" when it ran so; ``score --precision float32|bf16`` decides instead); on CUDA the batches come in pinned memory and
-the model runs channels-last.
+``model`` column says "(bf16)" when it ran so, per row, as each torchrun rank decides for itself;
+``score --precision float32|bf16`` decides instead); on CUDA the batches come in pinned memory and the model
+runs channels-last.
 
 Beyond one machine: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank scores every WORLD_SIZE-th pending
 study, writes its own partial file, and rank 0 merges them into the one sorted worklist.csv (gloo on the
@@ -268,6 +269,11 @@ sources' 992 valid images: DenseNet-169 moves at most 0.0023 (kept), the Efficie
 average and up to 0.22 (refused)."""
 
 
+def _model_label(predictor: Any, bf16: bool) -> str:
+    """The worklist's ``model`` column: the predictor's name, marked "(bf16)" when its scores came from bf16."""
+    return predictor.name + (" (bf16)" if bf16 else "")
+
+
 def _bf16_agrees(predictor: Any, inputs: dict[Any, Any], prob: np.ndarray, features: Any
                  ) -> tuple[bool, np.ndarray, Any]:
     """Score the first batch again in float32: (keep bf16?, the probabilities and features to use). When bf16
@@ -365,15 +371,13 @@ def score_studies(predictor: Any, studies: Sequence[Study], *, batch_size: int |
         done = []
         while next_study < len(studies) and remaining[next_study] == 0:
             done.append(_study_row(studies[next_study], probs[next_study], errors[next_study],
-                                   warnings[next_study], predictor, checked,
-                                   predictor.name + (" (bf16)" if amp else "")))
+                                   warnings[next_study], predictor, checked, _model_label(predictor, amp)))
             next_study += 1
         if done:
             yield done  # written before progress moves on
         if on_images is not None:
             on_images(len(batch["good"]) + len(batch["bad"]))
-    tail = [_study_row(studies[k], probs[k], errors[k], warnings[k], predictor, checked,
-                       predictor.name + (" (bf16)" if amp else ""))
+    tail = [_study_row(studies[k], probs[k], errors[k], warnings[k], predictor, checked, _model_label(predictor, amp))
             for k in range(next_study, len(studies))]  # studies without views
     if tail:
         yield tail
