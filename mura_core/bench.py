@@ -713,7 +713,7 @@ def measure_score_int8(subject: Subject, config: BenchConfig) -> dict[str, Any]:
 def _score_throughput(predictor: Any, config: BenchConfig, prefix: str) -> dict[str, Any]:
     """Time `score_worklist` with `predictor`; keys start with `prefix` ("score" or "score_int8")."""
     from mura_core.evaluation.evaluate import default_workers
-    from mura_core.evaluation.worklist import score_worklist
+    from mura_core.evaluation.worklist import BF16_MARK, score_worklist
 
     _scoring_loop(predictor, _generated_views(2), 2)  # warm-up
     with tempfile.TemporaryDirectory() as tmp:
@@ -735,7 +735,7 @@ def _score_throughput(predictor: Any, config: BenchConfig, prefix: str) -> dict[
     images = sum(r.scored for r in worklist.rows)
     return {f"{prefix}_images_per_s": images / seconds if seconds > 0 else 0.0, f"{prefix}_images": images,
             f"{prefix}_studies": len(worklist.rows), f"{prefix}_s": seconds,
-            f"{prefix}_precision": "bf16" if any(r.model.endswith("(bf16)") for r in worklist.rows) else "float32",
+            f"{prefix}_precision": "bf16" if any(r.model.endswith(BF16_MARK) for r in worklist.rows) else "float32",
             f"{prefix}_workers": workers if workers is not None else ("auto (cores - 1)" if config.device.startswith(
                 "cuda") else default_workers()),
             f"{prefix}_batch": config.score_batch, f"{prefix}_source": source, "peak_rss_mb": peak_rss_mb()}

@@ -48,6 +48,8 @@ from mura_core.explain.scope import check_scope, warning_text
 from mura_core.training.distributed import Dist, barrier, init_distributed
 
 __all__ = [
+    "BF16_MARK",
+    "BF16_TOLERANCE",
     "COLUMNS",
     "ScopeCheck",
     "Worklist",
@@ -269,9 +271,13 @@ sources' 992 valid images: DenseNet-169 moves at most 0.0023 (kept), the Efficie
 average and up to 0.22 (refused)."""
 
 
+BF16_MARK = " (bf16)"
+"""Ends the ``model`` column of rows whose scores came from bf16."""
+
+
 def _model_label(predictor: Any, bf16: bool) -> str:
-    """The worklist's ``model`` column: the predictor's name, marked "(bf16)" when its scores came from bf16."""
-    return predictor.name + (" (bf16)" if bf16 else "")
+    """The worklist's ``model`` column: the predictor's name, with `BF16_MARK` when its scores came from bf16."""
+    return predictor.name + (BF16_MARK if bf16 else "")
 
 
 def _bf16_agrees(predictor: Any, inputs: dict[Any, Any], prob: np.ndarray, features: Any

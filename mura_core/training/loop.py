@@ -163,13 +163,12 @@ def _groups(cache: ImageCache, indices: list[int] | None = None) -> list[tuple[s
 def _mixed_precision(device: torch.device, amp: bool) -> Any:
     """``--amp``: float16 autocast (with a GradScaler) on CUDA; bf16 autocast on a CPU with bf16 in hardware
     (`models.devices.native_bf16`; about 2x an epoch of DenseNet-169 on the project's AMX Xeon), which needs no
-    loss scaling; otherwise float32."""
-    from mura_core.models.devices import native_bf16
+    loss scaling; otherwise float32. Decided once per epoch: the context is entered batch after batch."""
+    from mura_core.models.devices import bf16_autocast, native_bf16
 
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=amp and device.type == "cpu" and native_bf16(device))
+    return bf16_autocast(device, amp and device.type == "cpu" and native_bf16(device))
 
 
 def _box_term(run: _Run, capture: FeatureCapture, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -206,6 +205,7 @@ def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capt
     run.dataset.epoch = epoch
     run.sampler.set_epoch(epoch)
     total, count = 0.0, 0
+    mixed_precision = _mixed_precision(run.device, config.amp)
     show = config.progress and run.dist.main
     for grey, labels, indices, masks in _iterate(run.loader, len(run.loader), show,
                                                  f"epoch {epoch + 1}/{config.epochs}"):
@@ -215,7 +215,7 @@ def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capt
             x = x.contiguous(memory_format=torch.channels_last)
         weights = sample_weights(labels, _groups(run.train_cache, indices.tolist()), run.table).to(run.device)
         targets = smooth_labels(labels, config.label_smoothing)
-        with _mixed_precision(run.device, config.amp):
+        with mixed_precision:
             logits = wrapped(x)[:, 0].float()
         loss = (focal_loss(logits, targets, weights, config.focal_gamma) if config.loss == "focal"
                 else weighted_bce(logits, targets, weights))
