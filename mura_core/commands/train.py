@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights per step (0: off)")
     p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
                    help="weight of the loss that pulls abnormal images' CAM into their boxes (0: off)")
+    p.add_argument("--teacher", default=None,
+                   help="distil from this checkpoint (indexed name, sha256-checked, or file): the student also "
+                        "learns its probabilities on every augmented batch")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help="share of the loss given to the teacher's probabilities (with --teacher)")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help="softening temperature of teacher and student logits (with --teacher)")
     p.add_argument("--select", choices=["loss", "auc", "source_auc"], default=d.select,
                    help="best epoch by validation loss (MURA), pooled AUC, or the mean of per-source AUCs")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without progress")

@@ -221,8 +221,12 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32) @ weights
 
 
-def _finish(pixels: np.ndarray) -> np.ndarray:
-    """Contiguous float32 2-D array clipped to 0..1 with no NaN."""
+def _finish(pixels: np.ndarray, *, bounded: bool = False) -> np.ndarray:
+    """Contiguous float32 2-D array clipped to 0..1 with no NaN. `bounded`: the values came from 8- or 16-bit
+    integers scaled into 0..1, so they are finite and in range already and the two full passes are skipped
+    (a third of an 8-bit radiograph's decode time)."""
+    if bounded:
+        return np.ascontiguousarray(pixels, dtype=np.float32)
     out = np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0))
 
@@ -230,17 +234,24 @@ def _finish(pixels: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- PNG / JPEG
 
 
+def _scaled(image: Any, full_scale: float) -> np.ndarray:
+    """A one-channel Pillow image as float32 divided by full_scale, in place (one copy, not two)."""
+    pixels = np.array(image, dtype=np.float32)
+    pixels /= np.float32(full_scale)
+    return pixels
+
+
 def _pillow_to_grey(image: Any) -> np.ndarray:
     """A loaded Pillow image as a 2-D float32 array in 0..1 (see module notes for the rules)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
+        return _scaled(image, 65535.0)
     if mode == "F":
         return np.asarray(image, dtype=np.float32)
     if mode == "1":
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     if mode == "L":
-        return np.asarray(image, dtype=np.float32) / 255.0
+        return _scaled(image, 255.0)
     if mode == "P" or mode == "PA":
         has_alpha = mode == "PA" or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
@@ -301,7 +312,8 @@ def _decode_pillow(data: bytes, name: str, kind: str, limits: DecodeLimits) -> D
             notes = (f"file ends early; {filled_rows} of {rows} rows missing",)
     meta = ImageMeta(format=kind, width=pixels.shape[1], height=pixels.shape[0], photometric=mode,
                      bits_stored=bits, notes=notes)
-    return DecodedImage(name, _finish(pixels), meta)
+    bounded = mode in ("L", "I;16", "I;16B", "I;16L", "I;16N")  # integers scaled into 0..1 by _scaled
+    return DecodedImage(name, _finish(pixels, bounded=bounded), meta)
 
 
 def _trailing_fill_rows(image: Any) -> int:

@@ -55,6 +55,12 @@ class TrainConfig:
     """Exponential moving average of the weights (0 = off); the averaged model is evaluated and shipped."""
     box_loss_weight: float = 0.0
     """Weight of the box-attention loss (0 = off): abnormal images' CAM pulled into their finding boxes."""
+    teacher: str | None = None
+    """Distillation: a checkpoint (indexed name, sha256-checked, or file) whose soft probabilities the student
+    also learns (`distill.py`); None = off."""
+    distill_weight: float = 0.5
+    """alpha: the share of the loss given to the teacher's probabilities (with --teacher)."""
+    distill_temperature: float = 2.0
     select: str = "loss"
     """Best epoch by 'loss' (MURA), 'auc' (pooled valid AUC) or 'source_auc' (mean of per-source AUCs)."""
     patience: int = 4

@@ -97,6 +97,9 @@ def _recipe(config: TrainConfig) -> dict[str, Any]:
     recipe = {k: v for k, v in asdict(config).items()
               if k not in {"out", "last", "resume", "register", "default", "name", "notes", "progress",
                            "licence", "cache_dir", "extra"}}
+    if not config.teacher:  # the distillation settings mean nothing without a teacher
+        for key in ("teacher", "distill_weight", "distill_temperature"):
+            recipe.pop(key)
     recipe["image_size"] = config.resolved_image_size()
     recipe["pretrained"] = config.resolved_pretrained()
     return recipe
@@ -226,7 +229,7 @@ def finish(run: Any, model: nn.Module, state: Any, elapsed: float, decode_s: flo
     shipped, half, logits, precision = _storage(run, model)
     labels = valid.labels.numpy()
     temperature = fit_temperature(logits, labels)
-    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
+    probs = torch.sigmoid(torch.as_tensor(np.asarray(logits, dtype=np.float64) / temperature)).numpy()
     scope = np.asarray(valid.in_scope, dtype=bool)
     thresholds = fit_thresholds(labels[scope], probs[scope], np.asarray(valid.body_parts, dtype=object)[scope],
                                 min_per_class=MIN_PER_CLASS_FOR_OWN_THRESHOLD)
