@@ -57,6 +57,18 @@ def test_8bit_png_is_divided_by_255():
     np.testing.assert_allclose(pixels[0], expected, atol=1e-6)
 
 
+def test_8bit_grey_is_exactly_float32_over_255_without_a_clip_pass():
+    raw = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(raw, mode="L").save(buffer, format="PNG")
+    pixels = decode_image(buffer.getvalue(), "x.png").pixels
+    assert pixels.dtype == np.float32 and pixels.flags.c_contiguous
+    assert np.array_equal(pixels, raw.astype(np.float32) / np.float32(255.0))  # bit for bit
+    assert pixels.min() == 0.0 and pixels.max() == 1.0
+
+
 def test_16bit_png_uses_full_16bit_scale():
     image = decode_image(png_bytes(32, 24, "I;16"), "x.png")
     np.testing.assert_allclose(image.pixels[0], np.linspace(0, 65535, 32).round() / 65535.0, atol=1e-6)
