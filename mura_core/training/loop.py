@@ -238,12 +238,13 @@ def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capt
 
 
 def _validate(run: _Run) -> dict[str, Any]:
-    """Valid loss, pooled AUC/kappa/F1 and per-source AUC of the scored model (under --amp in the
-    training's precision: on a bf16 CPU this pass costs a third of float32's)."""
+    """Valid loss, pooled AUC/kappa/F1 and per-source AUC of the scored model. On a CPU always in float32, the
+    precision the viewer and the shipped reports score in: bf16 moves an EfficientNet-Lite's probabilities by
+    up to 0.2 (README, Speed), enough to pick the wrong epoch. On CUDA under --amp in float16 autocast."""
     from mura_core.evaluation.metrics import binary_metrics
 
     spec, valid = get_arch(run.config.arch), run.valid_cache
-    with _mixed_precision(run.device, run.config.amp):
+    with _mixed_precision(run.device, run.config.amp and run.device.type == "cuda"):
         logits = predict_logits(run.scored_model, valid.images, spec.mean, spec.std, run.config.batch_size * 2,
                                 run.device)
     val_weights = sample_weights(valid.labels, _groups(valid), run.table)

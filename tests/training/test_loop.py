@@ -91,6 +91,24 @@ def test_amp_on_a_bf16_cpu_trains_under_bf16_autocast(tiny_data: Path, tmp_path:
     assert loss_amp != loss_plain and abs(loss_amp - loss_plain) < 0.1 * loss_plain  # bf16 maths, same run
 
 
+def test_amp_on_a_cpu_still_validates_in_float32(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The epoch is chosen in the precision the app scores in: bf16 moves a Lite0's probabilities too far."""
+    import torch
+
+    from mura_core.models import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
+    seen: list[bool] = []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return predict_logits(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "predict_logits", recording)
+    train(_config(tiny_data, tmp_path / "amp.pt", epochs=1, half="no", amp=True))
+    assert seen and not any(seen)
+
+
 def test_resume_continues_exactly(tiny_data: Path, tmp_path: Path) -> None:
     kw = {"half": "no", "ema_decay": 0.9}
     full = train(_config(tiny_data, tmp_path / "full.pt", epochs=3, **kw))
