@@ -426,12 +426,13 @@ def shipped_card(name: str | None) -> Any:
 
 
 def model_thresholds(name: str | None) -> dict[str, float]:
-    """The model card's thresholds (body part -> threshold; "default" always present)."""
+    """The thresholds the model decides with (body part -> threshold; "default" always present): the card's,
+    or for an ensemble the members' averaged, as its `Predictor` applies them."""
     try:
-        card = model_card(name)
+        thresholds = get_predictor(name).thresholds if name is not None else None
     except Exception:
-        card = None
-    return dict(getattr(card, "thresholds", None) or {"default": 0.5})
+        thresholds = None
+    return dict(thresholds or {"default": 0.5})
 
 
 def report_for_model(name: str | None) -> ReportRef | None:
