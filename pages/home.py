@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services
-from mura_core.app.views import DISCLAIMER, card_summary
+from mura_core.app.views import DISCLAIMER, card_summary, ensemble_summary
 from mura_core.evaluation import reports
 
 navigation.require_app_shell()
@@ -30,6 +30,11 @@ def model_in_use(name: str | None) -> None:
         figures = reports.headline_metrics(report) if report is not None else {}
         by_source = reports.per_source_headlines(report) if report is not None else {}
         card = services.shipped_card(name)
+        ensemble = services.shipped_ensemble(name) if card is None else None
+        if ensemble is not None:
+            st.markdown(ensemble_summary(name, ensemble.members, ensemble.thresholds, figures,
+                                         f"evaluate report {source}", by_source))
+            return
         if card is None and not services.model_ready(name):
             st.caption(f"The card of {name} appears once the model is loaded.")
             return

@@ -50,6 +50,7 @@ __all__ = [
     "model_ready",
     "model_card",
     "shipped_card",
+    "shipped_ensemble",
     "model_report",
     "model_selector",
     "model_thresholds",
@@ -102,12 +103,15 @@ def available_models() -> ModelChoice:
     try:
         names = list(weights.list_weights(folder))
         names += [n for n in weights.list_ensembles(folder) if n not in names]
+        default = weights.default_name(folder)
     except Exception as exc:  # an unreadable index must not take the app down
         return ModelChoice((), None, f"The weights index in {folder} could not be read: {exc}")
     if not names:
         return ModelChoice((), None, f"No trained weights are shipped yet (nothing indexed in "
                                      f"{folder}/index.json). Train one with `python -m mura_core train ...`; "
                                      "until then nothing can be scored.")
+    if default in names:  # the index's default (a checkpoint or an ensemble) leads the list
+        names = [default] + [n for n in names if n != default]
     return ModelChoice(tuple(names), names[0])
 
 
@@ -425,6 +429,32 @@ def shipped_card(name: str | None) -> Any:
     return report_card(report, entry.get("sha256")) if report is not None else None
 
 
+@dataclass(frozen=True)
+class ShippedEnsemble:
+    """An indexed ensemble as its shipped evaluate report records it: members and the thresholds it used."""
+
+    members: tuple[dict[str, Any], ...]
+    thresholds: dict[str, float]
+
+
+def shipped_ensemble(name: str | None) -> ShippedEnsemble | None:
+    """`shipped_card` for an ensemble: its members and thresholds from the shipped report, read without torch,
+    when the report scored exactly the indexed members' files; None otherwise (not an ensemble, no report)."""
+    from mura_core.evaluation.reports import report_ensemble, thresholds_of
+    from mura_core.models.weights import read_index
+
+    if name is None:
+        return None
+    try:
+        index = read_index(weights_folder())
+        shas = [(index["models"].get(m) or {}).get("sha256") for m in index.get("ensembles", {}).get(name, [])]
+    except Exception:  # an unreadable index: the page falls back to the loaded model
+        return None
+    report, _ = model_report(name) if shas else (None, "")
+    members = report_ensemble(report, shas) if report is not None and all(shas) else None
+    return ShippedEnsemble(tuple(members), thresholds_of(report)) if members else None
+
+
 def model_thresholds(name: str | None) -> dict[str, float]:
     """The thresholds the model decides with (body part -> threshold; "default" always present): the card's,
     or for an ensemble the members' averaged, as its `Predictor` applies them."""
@@ -530,15 +560,21 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
 
 
 def model_loso(name: str | None) -> dict[str, Any] | None:
-    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``)."""
+    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``); for an
+    ensemble without its own, its members' first (the held-out runs measure a recipe, not one checkpoint)."""
+    from mura_core.models.weights import list_ensembles
     from mura_core.training.loso import read_loso
 
     if name is None:
         return None
     try:
-        return read_loso(weights_folder() / f"{name}.loso.json")
+        for candidate in [name, *list_ensembles(weights_folder()).get(name, [])]:
+            found = read_loso(weights_folder() / f"{candidate}.loso.json")
+            if found is not None:
+                return found
     except (OSError, ValueError):
         return None
+    return None
 
 
 def model_warning(name: str | None) -> str | None:

@@ -314,20 +314,40 @@ def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: 
     if figures is None:
         metrics = getattr(card, "metrics", None) or {}
         figures = metrics.get("overall", metrics) if isinstance(metrics, dict) else {}
+    return "  \n".join(lines + _figure_lines(figures, source, by_source)
+                       + _threshold_lines(getattr(card, "thresholds", None) or {}))
+
+
+def ensemble_summary(name: str, members: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float],
+                     figures: Mapping[str, float], source: str,
+                     by_source: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """`card_summary` for an ensemble, from what its evaluate report records (members, the averaged thresholds
+    it decided at), so Home describes it without loading torch."""
+    parts = " and ".join(f"{m.get('name')} (`{m.get('arch')}`, {m.get('image_size')} px)" for m in members)
+    lines = [f"**{name}** — ensemble of {parts}: probabilities and heat maps averaged.",
+             "Each member's data, recipe and sha256 are in its model card."]
+    return "  \n".join(lines + _figure_lines(figures, source, by_source) + _threshold_lines(thresholds))
+
+
+def _figure_lines(figures: Mapping[str, float], source: str,
+                  by_source: Mapping[str, Mapping[str, float]] | None) -> list[str]:
     shown = [f"{key} {figures[key]:.3f}" for key in ("auc", "kappa", "sensitivity", "specificity")
              if isinstance(figures.get(key), (int, float))]
     pooled = " pooled over sources" if by_source and len(by_source) > 1 else ""
-    lines.append(f"Validation{pooled} ({source}): " + ", ".join(shown) + "." if shown
-                 else f"No validation figures ({source}).")
+    lines = [f"Validation{pooled} ({source}): " + ", ".join(shown) + "." if shown
+             else f"No validation figures ({source})."]
     if by_source:
         lines.append("Per source: " + "; ".join(
             f"{name} auc {row['auc']:.3f}" + (f", kappa {row['kappa']:.3f}" if "kappa" in row else "")
             + f" ({int(row.get('n', 0))} in-scope images)" for name, row in by_source.items()) + ".")
-    thresholds = getattr(card, "thresholds", None) or {}
-    if "default" in thresholds:
-        lines.append(f"Default threshold {format_probability(thresholds['default'])}"
-                     f" ({len(thresholds) - 1} body-part specific).")
-    return "  \n".join(lines)
+    return lines
+
+
+def _threshold_lines(thresholds: Mapping[str, float]) -> list[str]:
+    if "default" not in thresholds:
+        return []
+    return [f"Default threshold {format_probability(thresholds['default'])}"
+            f" ({len(thresholds) - 1} body-part specific)."]
 
 
 # ----------------------------------------------------------------------------------------------

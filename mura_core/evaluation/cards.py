@@ -7,26 +7,60 @@ from __future__ import annotations
 from pathlib import Path
 
 from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
+from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import render_card_markdown
-from mura_core.models.weights import load_weights, weights_folder
+from mura_core.models.weights import list_ensembles, load_weights, weights_folder
 
 __all__ = ["card_text", "write_card"]
 
 
 def card_text(name: str, weights_dir: str | Path | None = None) -> str:
-    """The card markdown of indexed weights `name` (sha256-checked), quoting `NAME.report/report.json`."""
+    """The card markdown of indexed weights `name` (sha256-checked), quoting `NAME.report/report.json`; for an
+    ensemble of the index, its members (each with its own card file) and how they are combined."""
+    folder = weights_folder(weights_dir)
+    members = list_ensembles(folder).get(name)
+    if members:
+        return _ensemble_card(name, members, folder)
+    loaded = load_weights(name, device="cpu", weights_dir=folder)
+    return render_card_markdown(loaded.card, loaded.sha256, metrics_section=_metrics_section(name, folder))
+
+
+def _metrics_section(name: str, folder: Path, loso_from: str | None = None) -> str:
+    """The metrics section quoting `NAME.report`, with the leave-one-source-out file of `loso_from` (default
+    `name`)."""
     from mura_core.training.loso import read_loso
 
-    folder = weights_folder(weights_dir)
-    loaded = load_weights(name, device="cpu", weights_dir=folder)
     ref = shipped_report(name, folder)
     if ref is None:
-        section = (f"## Metrics\n\nNo evaluate report ships with these weights; run `python -m mura_core evaluate "
-                   f"... --out {folder.name}/{name}.report` to measure them.\n")
-    else:
-        report, _ = load_report(ref)
-        section = metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", read_loso(folder / f"{name}.loso.json"))
-    return render_card_markdown(loaded.card, loaded.sha256, metrics_section=section)
+        return (f"## Metrics\n\nNo evaluate report ships with these weights; run `python -m mura_core evaluate "
+                f"... --out {folder.name}/{name}.report` to measure them.\n")
+    report, _ = load_report(ref)
+    loso = read_loso(folder / f"{loso_from or name}.loso.json")
+    return metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", loso)
+
+
+def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
+    """An ensemble's card: members (sha256-checked on load), the combination rule, the averaged thresholds and
+    the ensemble's own evaluate report."""
+    loaded = [load_weights(m, device="cpu", weights_dir=folder) for m in members]
+    rows = [f"| {m.card.name} | `{m.card.arch}` | {m.card.image_size} px | `{m.sha256}` | `{m.card.name}.md` |"
+            for m in loaded]
+    thresholds = mean_thresholds([m.card.thresholds for m in loaded])
+    lines = [f"# Model card: {name} (ensemble)", "",
+             "**Members** (each has its own card with architecture, data and licence credit, recipe and sha256):", "",
+             "| member | architecture | input | sha256 | card |", "|---|---|---|---|---|", *rows, "",
+             "**How they are combined**: each member scores the view at its own input size; the study probability "
+             "is the mean of the members' calibrated probabilities, and heat maps are averaged after each is "
+             "resized to the image and min-max normalised. The scope check and body-part suggestion use the first "
+             "member's fitted heads on its pooled features.", "",
+             "**Thresholds** (the members' averaged, key by key): "
+             + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
+             + ".", "",
+             _metrics_section(name, folder, loso_from=name if (folder / f"{name}.loso.json").is_file() else members[0]),
+             "## Intended use", "",
+             "A second reader and teaching aid for upper-extremity radiographs. Not a medical device and "
+             "not for diagnosis: every output must be checked by a qualified reader.", ""]
+    return "\n".join(lines)
 
 
 def write_card(name: str, weights_dir: str | Path | None = None) -> Path:

@@ -42,6 +42,7 @@ __all__ = [
     "read_predictions",
     "read_report",
     "report_card",
+    "report_ensemble",
     "shipped_report",
     "thresholds_of",
     "write_predictions",
@@ -296,6 +297,19 @@ def report_card(report: Mapping[str, Any], sha256: str | None) -> Any:
         return ModelCard.from_dict(dict(card))
     except (CheckpointError, TypeError, ValueError):
         return None
+
+
+def report_ensemble(report: Mapping[str, Any], member_sha256s: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The members (name, arch, image_size, sha256) an ensemble's report recorded, when they are exactly the
+    checkpoints `member_sha256s` in that order (so the report describes the files in use); None otherwise.
+    Read without torch, like `report_card`."""
+    model = report.get("model")
+    members = model.get("members") if isinstance(model, Mapping) else None
+    if not member_sha256s or not isinstance(members, list) or not all(isinstance(m, Mapping) for m in members):
+        return None
+    if [m.get("sha256") for m in members] != list(member_sha256s):
+        return None
+    return [dict(m) for m in members]
 
 # ----------------------------------------------------------------------------------------------
 # quoting a report (Home, Model card, the card markdown files, README)

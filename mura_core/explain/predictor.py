@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
-from mura_core.models.weights import list_ensembles, load_weights, weights_folder
+from mura_core.models.weights import default_name, list_ensembles, load_weights, weights_folder
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
 from mura_core.explain.cams import (
@@ -157,12 +158,6 @@ def _member(loaded: LoadedModel, device: torch.device) -> _Member:
                    float(getattr(card, "temperature", 1.0) or 1.0))
 
 
-def _mean_thresholds(members: Sequence[_Member]) -> dict[str, float]:
-    """Key-by-key mean of the members' thresholds over keys every member has ("default" always)."""
-    keys = set.intersection(*(set(m.thresholds) for m in members)) | {"default"}
-    return {k: float(np.mean([m.thresholds.get(k, m.thresholds.get("default", 0.5)) for m in members]))
-            for k in sorted(keys)}
-
 
 class Predictor:
     """A loaded model (or ensemble) on a device, ready to score studies; load once, call many times.
@@ -186,7 +181,7 @@ class Predictor:
         self.members = [_member(m, self.device) for m in loaded]
         self.loaded = loaded
         self.name = name or "+".join(m.name for m in self.members)
-        base = dict(thresholds) if thresholds is not None else _mean_thresholds(self.members)
+        base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
         base.setdefault("default", 0.5)
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
         self.int8: list[Any] | None = None
@@ -204,6 +199,7 @@ class Predictor:
         weights_dir = weights_folder(weights_dir)
         target = pick_device(device)
         ensembles = list_ensembles(weights_dir)
+        name = default_name(weights_dir) if name is None else name
         if name is not None and str(name) in ensembles:
             members = [load_weights(m, device="cpu", weights_dir=weights_dir) for m in ensembles[str(name)]]
             return cls(members, device=target, name=str(name))

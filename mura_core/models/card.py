@@ -8,11 +8,12 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointError", "ModelCard", "code_version", "utc_now"]
+__all__ = ["CheckpointError", "ModelCard", "code_version", "mean_thresholds", "utc_now"]
 
 
 class CheckpointError(RuntimeError):
@@ -108,3 +109,10 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"model card lacks {', '.join(missing)}")
         return cls(**kwargs, extra=extra)
+
+
+def mean_thresholds(members: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """An ensemble's thresholds: key-by-key mean of its members' over the keys every member has ("default"
+    always, a member without one counting as 0.5)."""
+    keys = set.intersection(*(set(m) for m in members)) | {"default"}
+    return {k: float(sum(m.get(k, m.get("default", 0.5)) for m in members) / len(members)) for k in sorted(keys)}

@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_NAME",
     "MURA_WEIGHTS_ENV",
     "WEIGHTS_DIR",
+    "default_name",
     "list_ensembles",
     "list_weights",
     "load_weights",
@@ -105,7 +106,7 @@ def register_weights(path: str | Path, card: ModelCard, sha256: str, *, descript
 
 
 def list_weights(weights_dir: str | Path | None = None) -> list[str]:
-    """Names of the indexed checkpoints, the default first."""
+    """Names of the indexed checkpoints, the default first (when the default is a checkpoint)."""
     weights_dir = weights_folder(weights_dir)
     index = read_index(weights_dir)
     names = sorted(index["models"])
@@ -119,12 +120,23 @@ def list_ensembles(weights_dir: str | Path | None = None) -> dict[str, list[str]
     return {k: list(v) for k, v in read_index(weights_dir).get("ensembles", {}).items()}
 
 
+def default_name(weights_dir: str | Path | None = None) -> str | None:
+    """The index's default: a checkpoint or an ensemble name (None when the index names none)."""
+    default = read_index(weights_folder(weights_dir)).get("default")
+    return str(default) if default else None
+
+
 def resolve_weights(name_or_path: str | Path | None = None,
                     weights_dir: str | Path | None = None) -> tuple[Path, str | None]:
-    """(file, expected sha256) for an indexed name (None -> the default) or (path, None) for a file."""
+    """(file, expected sha256) for an indexed name (None -> the default) or (path, None) for a file.
+
+    A default that names an ensemble resolves to its first member: the checkpoint whose card, scope heads and
+    pooled features the ensemble uses (commands that need one checkpoint, such as `fit-heads`, take it)."""
     weights_dir = weights_folder(weights_dir)
     index = read_index(weights_dir)
     name = name_or_path if name_or_path is not None else index.get("default")
+    if name_or_path is None and name in index.get("ensembles", {}):
+        name = index["ensembles"][name][0]
     if name is None:
         raise CheckpointError(f"no default weights: {Path(weights_dir) / INDEX_NAME} is missing or empty")
     entry = index["models"].get(str(name))

@@ -1,26 +1,62 @@
-"""The app's services: facts about models that pages quote."""
+"""The app's services: which models are offered and the facts pages quote about them."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.score import tiny_checkpoint
+from tests.fixtures.app import start_app
+from tests.fixtures.score import ensemble_default_folder, tiny_manifest
 
 
-def test_an_ensemble_quotes_the_thresholds_it_decides_with(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def ensemble_weights(tmp_path_factory) -> Path:
+    """Two tiny checkpoints, the ensemble "pair" of both as the index's default, with pair's evaluate report."""
+    data = tiny_manifest(tmp_path_factory.mktemp("data"), corrupt=0)
+    return ensemble_default_folder(tmp_path_factory.mktemp("weights"), data)
+
+
+def test_an_ensemble_quotes_the_thresholds_it_decides_with(ensemble_weights: Path, monkeypatch) -> None:
     """An ensemble decides at its members' averaged thresholds; pages must not quote the first member's."""
     from mura_core.app import services
 
-    folder = tmp_path / "weights"
-    index: dict = {"default": "a", "models": {}, "ensembles": {"pair": ["a", "b"]}}
-    for seed, (name, cut) in enumerate({"a": 0.2, "b": 0.6}.items()):
-        sha = tiny_checkpoint(folder / f"{name}.pt", "shallow_cnn", seed=seed, name=name,
-                              thresholds={"default": cut, "WRIST": cut + 0.1})
-        index["models"][name] = {"file": f"{name}.pt", "sha256": sha, "arch": "shallow_cnn", "description": "test"}
-    (folder / "index.json").write_text(json.dumps(index))
-    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(ensemble_weights))
     assert services.model_thresholds("a") == pytest.approx({"default": 0.2, "WRIST": 0.3})
     assert services.model_thresholds("pair") == pytest.approx({"default": 0.4, "WRIST": 0.5})
     assert services.model_thresholds("missing") == {"default": 0.5}
+
+
+def test_an_ensemble_default_leads_the_picker_and_is_described_from_its_report(ensemble_weights: Path,
+                                                                              monkeypatch) -> None:
+    from mura_core.app import services
+
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(ensemble_weights))
+    choice = services.available_models()
+    assert choice.default == "pair" and choice.names[0] == "pair" and set(choice.names) == {"pair", "a", "b"}
+    shipped = services.shipped_ensemble("pair")
+    assert shipped is not None and [m["name"] for m in shipped.members] == ["a", "b"]
+    assert [m["image_size"] for m in shipped.members] == [64, 48]
+    assert shipped.thresholds == pytest.approx({"default": 0.4, "WRIST": 0.5})
+    assert services.shipped_ensemble("a") is None
+
+
+def test_an_ensemble_report_of_other_files_is_not_quoted(ensemble_weights: Path, tmp_path: Path, monkeypatch) -> None:
+    """A report whose members' sha256s differ from the index's describes other files: Home waits for the model."""
+    import json
+    import shutil
+
+    from mura_core.app import services
+
+    folder = shutil.copytree(ensemble_weights, tmp_path / "w")
+    index = json.loads((folder / "index.json").read_text())
+    index["models"]["b"]["sha256"] = "0" * 64
+    (folder / "index.json").write_text(json.dumps(index))
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
+    assert services.shipped_ensemble("pair") is None
+
+
+def test_home_describes_an_ensemble_default(ensemble_weights: Path, monkeypatch) -> None:
+    at = start_app(ensemble_weights, monkeypatch)
+    text = " ".join(m.value for m in at.markdown)
+    assert "**pair** — ensemble of a (`shallow_cnn`, 64 px) and b (`shallow_cnn`, 48 px)" in text
+    assert "Default threshold 40.0%" in text

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures.score import grey_image, tiny_checkpoint, weights_folder, write_png
+from fixtures.score import ensemble_default_folder, grey_image, tiny_checkpoint, weights_folder, write_png
 
 from mura_core.models.checkpoints import load_checkpoint
 from mura_core.explain.cams import DEFAULT_CAM, FALLBACK_CAM, ExplainError
@@ -176,6 +176,14 @@ def test_from_weights_index_and_ensemble(tmp_path, images):
     both = Predictor.from_weights("both", device="cpu", weights_dir=folder)
     assert both.name == "both" and len(both.members) == 2
     assert both.predict_study(_views(images)).probability is not None
+
+
+def test_an_ensemble_named_as_the_default_loads_whole(tmp_path, images):
+    """The index's default may be an ensemble: the default Predictor is then every member, not the first."""
+    default = Predictor.from_weights(None, device="cpu", weights_dir=ensemble_default_folder(tmp_path))
+    assert default.name == "pair" and [m.name for m in default.members] == ["a", "b"]
+    assert default.thresholds == {"default": pytest.approx(0.4), "WRIST": pytest.approx(0.5)}
+    assert default.predict_study(_views(images)).probability is not None
 
 
 def test_threads_share_one_predictor(predictor, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mura_core.models.checkpoints import FORMAT, CheckpointError, ModelCard, load_checkpoint, render_card_markdown, save_checkpoint, sha256_file
-from mura_core.models.weights import list_weights, load_weights, read_index, register_weights, resolve_weights
+from mura_core.models.weights import (default_name, list_weights, load_weights, read_index, register_weights,
+                                     resolve_weights)
 from mura_core.models.registry import create_model, get_arch, list_models
 
 torch.set_num_threads(2)
@@ -166,6 +167,18 @@ def test_index_register_resolve_and_tamper(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(CheckpointError, match="not found"):
         load_weights("a", weights_dir=tmp_path)
+
+
+def test_an_ensemble_default_resolves_to_its_first_member(tmp_path: Path) -> None:
+    """Commands that need one checkpoint (fit-heads, card, --teacher) take the default ensemble's first member:
+    the one whose card, heads and pooled features the ensemble uses."""
+    from fixtures.score import ensemble_default_folder
+
+    folder = ensemble_default_folder(tmp_path)
+    assert default_name(folder) == "pair" and default_name(tmp_path / "empty") is None
+    assert resolve_weights(None, folder)[0] == folder / "a.pt"
+    assert load_weights(weights_dir=folder).card.name == "a"
+    assert list_weights(folder) == ["a", "b"]
 
 
 def test_empty_index_is_a_clear_error(tmp_path: Path) -> None:

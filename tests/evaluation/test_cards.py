@@ -1,0 +1,22 @@
+"""The shipped card files: a checkpoint's, and an ensemble's naming its members."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.fixtures.score import ensemble_default_folder, tiny_manifest
+
+from mura_core.evaluation.cards import card_text, write_card
+
+
+def test_an_ensemble_card_names_members_rule_thresholds_and_its_own_report(tmp_path: Path) -> None:
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data)
+    text = card_text("pair", folder)
+    assert text.startswith("# Model card: pair (ensemble)")
+    for needle in ("| a | `shallow_cnn` | 64 px |", "| b | `shallow_cnn` | 48 px |", "`a.md`",
+                   "mean of the members' calibrated probabilities", "default 0.400, WRIST 0.500",
+                   "quoted from the evaluate report `pair.report/report.json`", "Not a medical device"):
+        assert needle in text, needle
+    member = card_text("a", folder)
+    assert member.startswith("# Model card: a") and "No evaluate report ships" in member
+    assert write_card("pair", folder).read_text() == text
