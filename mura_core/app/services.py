@@ -627,16 +627,27 @@ def evaluation_results(model: str, data: str, split: str | None) -> tuple[list[S
 
 
 def card_markdown(name: str) -> str:
-    """The model card as markdown (an ensemble: each member's), its metrics quoted from the shipped report."""
+    """The model card as markdown, its metrics quoted from the shipped report; an ensemble's card (members,
+    rule, thresholds, its own report) followed by each member's card with the member's own figures."""
     from mura_core.evaluation.reports import metrics_markdown
     from mura_core.models.checkpoints import render_card_markdown
 
+    members = [m.card.name for m in loaded_models(name)]
+    if len(members) > 1:
+        return _ensemble_card_markdown(name, tuple(members), str(weights_folder()))
     report, source = model_report(name)
     section = (metrics_markdown(report, source, model_loso(name)) if report is not None else
                f"## Metrics\n\nNo evaluate report ships with these weights ({source}); run "
                "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
     return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)
                                  for m in loaded_models(name))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _ensemble_card_markdown(name: str, members: tuple[str, ...], folder: str) -> str:
+    from mura_core.evaluation.cards import card_text
+
+    return "\n\n---\n\n".join(card_text(n, folder) for n in (name, *members))
 
 
 def windowed_view(study: Study, view: Any, window: tuple[float, float] | None) -> Any:

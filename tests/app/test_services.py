@@ -60,3 +60,26 @@ def test_home_describes_an_ensemble_default(ensemble_weights: Path, monkeypatch)
     text = " ".join(m.value for m in at.markdown)
     assert "**pair** — ensemble of a (`shallow_cnn`, 64 px) and b (`shallow_cnn`, 48 px)" in text
     assert "Default threshold 40.0%" in text
+
+
+def test_model_card_page_shows_the_ensemble_then_each_member(ensemble_weights: Path, monkeypatch) -> None:
+    at = start_app(ensemble_weights, monkeypatch).switch_page("pages/model_card.py").run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value for m in at.markdown)
+    for heading in ("# Model card: pair (ensemble)", "# Model card: a", "# Model card: b"):
+        assert heading in text, heading
+
+
+def test_an_ensemble_without_its_own_loso_quotes_its_first_members(ensemble_weights: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import json
+    import shutil
+
+    from mura_core.app import services
+
+    folder = shutil.copytree(ensemble_weights, tmp_path / "w")
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
+    assert services.model_loso("pair") is None
+    (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": []}))
+    assert services.model_loso("pair")["description"] == "recipe of a"
+    assert services.model_loso("b") is None
