@@ -204,17 +204,20 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
 
     Args:
         config: the bench configuration.
-        shipped: indexed weight names, the app default first (default: `checkpoints.list_weights()`).
+        shipped: indexed weight names, the app default first (default: `weights.list_weights()`, the app default
+            measured too when it is a checkpoint, not an ensemble).
     """
     if config.random_weights:
         arch = config.arch or TARGET_ARCH
         return [Subject(f"{arch} (RANDOM WEIGHTS)", arch=arch, image_size=config.image_size or STUDY_SIZE)]
     if shipped is None:
-        from mura_core.models.weights import list_weights
+        from mura_core.models.weights import default_name, list_weights
 
         shipped = list_weights()
-    shipped = list(shipped)
-    app_default = shipped[0] if shipped else None
+        app_default = default_name() if default_name() in shipped else None  # an ensemble default is not benched
+    else:
+        shipped = list(shipped)
+        app_default = shipped[0] if shipped else None
     if config.weights is not None:
         first = Subject(str(config.weights), weights=str(config.weights), image_size=config.image_size)
     elif TARGET_ARCH in shipped:
