@@ -53,6 +53,10 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              "is the mean of the members' calibrated probabilities, and heat maps are averaged after each is "
              "resized to the image and min-max normalised. The scope check and body-part suggestion use the first "
              "member's fitted heads on its pooled features.", "",
+             "**Licence of the data** (the members' training data): "
+             + " ".join(dict.fromkeys(str(m.card.licence) for m in loaded)), "",
+             "The validation split that the metrics below are on also chose each member's epoch, temperature and "
+             "thresholds, and this ensemble over its members: the figures are optimistic.", "",
              "**Thresholds** (the members' averaged, key by key): "
              + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
              + ".", "",

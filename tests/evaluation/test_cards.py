@@ -15,7 +15,8 @@ def test_an_ensemble_card_names_members_rule_thresholds_and_its_own_report(tmp_p
     assert text.startswith("# Model card: pair (ensemble)")
     for needle in ("| a | `shallow_cnn` | 64 px |", "| b | `shallow_cnn` | 48 px |", "`a.md`",
                    "mean of the members' calibrated probabilities", "default 0.400, WRIST 0.500",
-                   "quoted from the evaluate report `pair.report/report.json`", "Not a medical device"):
+                   "quoted from the evaluate report `pair.report/report.json`", "Not a medical device",
+                   "**Licence of the data** (the members' training data): CC BY 4.0", "optimistic"):
         assert needle in text, needle
     member = card_text("a", folder)
     assert member.startswith("# Model card: a") and "No evaluate report ships" in member
