@@ -213,8 +213,8 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
     if shipped is None:
         from mura_core.models.weights import default_name, list_weights
 
-        shipped = list_weights()
-        app_default = default_name() if default_name() in shipped else None  # an ensemble default is not benched
+        shipped, default = list_weights(), default_name()
+        app_default = default if default in shipped else None  # an ensemble default is not benched
     else:
         shipped = list(shipped)
         app_default = shipped[0] if shipped else None

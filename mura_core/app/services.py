@@ -560,21 +560,16 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
 
 
 def model_loso(name: str | None) -> dict[str, Any] | None:
-    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``); for an
-    ensemble without its own, its members' first (the held-out runs measure a recipe, not one checkpoint)."""
-    from mura_core.models.weights import list_ensembles
-    from mura_core.training.loso import read_loso
+    """`training.loso.model_loso` of the weights folder (an ensemble may quote its first member's); None when
+    there is none or it cannot be read."""
+    from mura_core.training.loso import model_loso as shipped_loso
 
     if name is None:
         return None
     try:
-        for candidate in [name, *list_ensembles(weights_folder()).get(name, [])]:
-            found = read_loso(weights_folder() / f"{candidate}.loso.json")
-            if found is not None:
-                return found
+        return shipped_loso(name, weights_folder())
     except (OSError, ValueError):
         return None
-    return None
 
 
 def model_warning(name: str | None) -> str | None:
@@ -632,8 +627,10 @@ def card_markdown(name: str) -> str:
     from mura_core.evaluation.reports import metrics_markdown
     from mura_core.models.checkpoints import render_card_markdown
 
-    members = [m.card.name for m in loaded_models(name)]
-    if len(members) > 1:
+    from mura_core.models.weights import list_ensembles
+
+    members = list_ensembles(weights_folder()).get(name)
+    if members:
         return _ensemble_card_markdown(name, tuple(members), str(weights_folder()))
     report, source = model_report(name)
     section = (metrics_markdown(report, source, model_loso(name)) if report is not None else

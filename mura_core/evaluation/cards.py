@@ -25,18 +25,16 @@ def card_text(name: str, weights_dir: str | Path | None = None) -> str:
     return render_card_markdown(loaded.card, loaded.sha256, metrics_section=_metrics_section(name, folder))
 
 
-def _metrics_section(name: str, folder: Path, loso_from: str | None = None) -> str:
-    """The metrics section quoting `NAME.report`, with the leave-one-source-out file of `loso_from` (default
-    `name`)."""
-    from mura_core.training.loso import read_loso
+def _metrics_section(name: str, folder: Path) -> str:
+    """The metrics section quoting `NAME.report`, with the model's leave-one-source-out summary."""
+    from mura_core.training.loso import model_loso
 
     ref = shipped_report(name, folder)
     if ref is None:
         return (f"## Metrics\n\nNo evaluate report ships with these weights; run `python -m mura_core evaluate "
                 f"... --out {folder.name}/{name}.report` to measure them.\n")
     report, _ = load_report(ref)
-    loso = read_loso(folder / f"{loso_from or name}.loso.json")
-    return metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", loso)
+    return metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", model_loso(name, folder))
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
@@ -60,7 +58,7 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              "**Thresholds** (the members' averaged, key by key): "
              + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
              + ".", "",
-             _metrics_section(name, folder, loso_from=name if (folder / f"{name}.loso.json").is_file() else members[0]),
+             _metrics_section(name, folder),
              "## Intended use", "",
              "A second reader and teaching aid for upper-extremity radiographs. Not a medical device and "
              "not for diagnosis: every output must be checked by a qualified reader.", ""]

@@ -15,7 +15,7 @@ from typing import Any
 from mura_core.data.sources import source_name
 from mura_core.training.config import TrainConfig
 
-__all__ = ["LOSO_NAME", "leave_one_source_out", "read_loso"]
+__all__ = ["LOSO_NAME", "leave_one_source_out", "model_loso", "read_loso"]
 
 LOSO_NAME = "loso.json"
 
@@ -76,3 +76,17 @@ def read_loso(path: str | Path) -> dict[str, Any] | None:
     """A loso.json (or None when the file is absent)."""
     path = Path(path)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def model_loso(name: str, weights_dir: str | Path) -> dict[str, Any] | None:
+    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``); for an
+    ensemble without its own, its first member's that has one (the held-out runs measure a recipe, not one
+    checkpoint). None when there is none."""
+    from mura_core.models.weights import list_ensembles
+
+    folder = Path(weights_dir)
+    for candidate in [name, *list_ensembles(folder).get(name, [])]:
+        found = read_loso(folder / f"{candidate}.loso.json")
+        if found is not None:
+            return found
+    return None
