@@ -33,7 +33,7 @@ def model_in_use(name: str | None) -> None:
         ensemble = services.shipped_ensemble(name) if card is None else None
         if ensemble is not None:
             st.markdown(ensemble_summary(name, ensemble.members, ensemble.thresholds, figures,
-                                         f"evaluate report {source}", by_source))
+                                         f"evaluate report {source}", by_source, ensemble.maps_from))
             return
         if card is None and not services.model_ready(name):
             st.caption(f"The card of {name} appears once the model is loaded.")

@@ -169,6 +169,7 @@ def test_overhead_ratio_and_score_throughput_are_reported(quick_run: tuple[dict,
     assert sub["overhead_ratio_sequential"] == pytest.approx(sub["study_latency_s"] / sub["bare_forward_s"])
     assert sub["bare_forward_s"] == sub["breakdown_s"]["forward_s"]
     assert result["overhead_ratio"] == sub["overhead_ratio"]
+    assert sub["default_cam"] == "gradcam" and sub["overhead_ratio_cam"] is None  # no classic CAM to compare
     assert sub["score_images"] == 4 and sub["score_studies"] == 4 and "valid split" in sub["score_source"]
     assert result["score_images_per_s"] == pytest.approx(sub["score_images"] / sub["score_s"])
     assert "overhead_ratio" in table and "score throughput" in table

@@ -435,12 +435,14 @@ class ShippedEnsemble:
 
     members: tuple[dict[str, Any], ...]
     thresholds: dict[str, float]
+    maps_from: tuple[str, ...] = ()
+    """The members whose heat maps it shows (every member when they are all listed)."""
 
 
 def shipped_ensemble(name: str | None) -> ShippedEnsemble | None:
     """`shipped_card` for an ensemble: its members and thresholds from the shipped report, read without torch,
     when the report scored exactly the indexed members' files; None otherwise (not an ensemble, no report)."""
-    from mura_core.evaluation.reports import report_ensemble, thresholds_of
+    from mura_core.evaluation.reports import report_ensemble, report_maps_from, thresholds_of
     from mura_core.models.weights import read_index
 
     if name is None:
@@ -452,7 +454,7 @@ def shipped_ensemble(name: str | None) -> ShippedEnsemble | None:
         return None
     report, _ = model_report(name) if shas else (None, "")
     members = report_ensemble(report, shas) if report is not None and all(shas) else None
-    return ShippedEnsemble(tuple(members), thresholds_of(report)) if members else None
+    return ShippedEnsemble(tuple(members), thresholds_of(report), tuple(report_maps_from(report))) if members else None
 
 
 def model_thresholds(name: str | None) -> dict[str, float]:
@@ -712,8 +714,9 @@ def decode_for_compare(name: str, data: bytes | None = None, path: str | None = 
 
 
 def _first_member(model: str) -> Any:
+    """The model's predictor and the first member whose heat maps it shows (its input size sizes the maps)."""
     predictor = get_predictor(model)
-    return predictor, predictor.members[0]
+    return predictor, predictor.map_members[0]
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -733,13 +736,13 @@ def compare_map(model: str, image_key: str, method: str, target: str, _image: An
 @st.cache_data(show_spinner=False, max_entries=64)
 def slow_estimate(model: str, image_key: str, method: str, _image: Any) -> float:
     """Seconds a slow method should take on this server for the image (one timed probe forward per
-    model of the ensemble)."""
+    model of the ensemble that gives maps)."""
     from mura_core.explain.slow import estimate_seconds
 
     predictor = get_predictor(model)
     batches = predictor.prepare([_image])
     return float(sum(estimate_seconds(m.model, m.spec, batches[m.config].to(predictor.device), method)
-                     for m in predictor.members))
+                     for m in predictor.map_members))
 
 
 @st.cache_resource(show_spinner=False)
@@ -757,9 +760,9 @@ def slow_map_cached(model: str, image_key: str, method: str, target: str) -> Map
 def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, _progress: Any = None) -> MapRun:
     """A slow method's map with progress (`_progress(fraction)`); one slow run per server at a time.
 
-    Every model of an ensemble runs in turn (progress split evenly between them); their maps are combined
-    as the Predictor combines fast maps, their probabilities averaged (each with its temperature). The
-    map is at the first model's input size. Raises `explain.slow.SlowBusy` when another session's slow
+    Every model of an ensemble that gives maps (`Predictor.map_members`) runs in turn (progress split evenly
+    between them); their maps are combined as the Predictor combines fast maps. The probability is the
+    predictor's own (every member, one plain forward). The map is at the first map member's input size. Raises `explain.slow.SlowBusy` when another session's slow
     run holds the server; a failed or stopped run is not cached.
     """
     import time
@@ -771,18 +774,18 @@ def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, 
         return cached
     predictor = get_predictor(model)
     batches = predictor.prepare([_image])
-    members = predictor.members
-    maps, probs = [], []
+    members = predictor.map_members
+    maps = []
     start = time.perf_counter()
     for k, member in enumerate(members):
         share = (lambda f, k=k: _progress((k + f) / len(members))) if _progress is not None else None
-        member_maps, logits = run_slow(member.model, member.spec, batches[member.config].to(predictor.device),
-                                       method, target, progress=share)
+        member_maps, _ = run_slow(member.model, member.spec, batches[member.config].to(predictor.device),
+                                  method, target, progress=share)
         maps.append(member_maps)
-        probs.append(float(member.probabilities(logits)[0]))
     seconds = time.perf_counter() - start
+    probability = float(predictor.run_batches(batches)[0][0])
     size = (members[0].config.image_size, members[0].config.image_size)
-    run = MapRun(method, predictor.combine_maps(maps, 0, size), sum(probs) / len(probs), seconds)
+    run = MapRun(method, predictor.combine_maps(maps, 0, size), probability, seconds)
     _slow_results().put((model, image_key, method, target), run)
     return run
 

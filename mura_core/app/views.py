@@ -320,11 +320,17 @@ def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: 
 
 def ensemble_summary(name: str, members: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float],
                      figures: Mapping[str, float], source: str,
-                     by_source: Mapping[str, Mapping[str, float]] | None = None) -> str:
+                     by_source: Mapping[str, Mapping[str, float]] | None = None,
+                     maps_from: Sequence[str] = ()) -> str:
     """`card_summary` for an ensemble, from what its evaluate report records (members, the averaged thresholds
-    it decided at), so Home describes it without loading torch."""
+    it decided at, the members whose heat maps it shows), so Home describes it without loading torch."""
     parts = " and ".join(f"{m.get('name')} (`{m.get('arch')}`, {m.get('image_size')} px)" for m in members)
-    lines = [f"**{name}** — ensemble of {parts}: probabilities and heat maps averaged.",
+    names = [str(m.get("name")) for m in members]
+    shown = [m for m in maps_from if m in names]
+    how = ("probabilities and heat maps averaged" if not shown or set(shown) == set(names)
+           else f"probabilities averaged; heat maps from {' and '.join(shown)} only (the maps that point at "
+                "findings most often on the valid splits)")
+    lines = [f"**{name}** — ensemble of {parts}: {how}.",
              "Each member's data, recipe and sha256 are in its model card."]
     return "  \n".join(lines + _figure_lines(figures, source, by_source) + _threshold_lines(thresholds))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import render_card_markdown
-from mura_core.models.weights import list_ensembles, load_weights, weights_folder
+from mura_core.models.weights import ensemble_maps_from, list_ensembles, load_weights, weights_folder
 
 __all__ = ["card_text", "write_card"]
 
@@ -48,9 +48,8 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              "**Members** (each has its own card with architecture, data and licence credit, recipe and sha256):", "",
              "| member | architecture | input | sha256 | card |", "|---|---|---|---|---|", *rows, "",
              "**How they are combined**: each member scores the view at its own input size; the study probability "
-             "is the mean of the members' calibrated probabilities, and heat maps are averaged after each is "
-             "resized to the image and min-max normalised. The scope check and body-part suggestion use the first "
-             "member's fitted heads on its pooled features.", "",
+             f"is the mean of the members' calibrated probabilities. {_maps_rule(name, members, folder)} The scope "
+             "check and body-part suggestion use the first member's fitted heads on its pooled features.", "",
              "**Licence of the data** (the members' training data): "
              + " ".join(dict.fromkeys(str(m.card.licence) for m in loaded)), "",
              "The validation split that the metrics below are on also chose each member's epoch, temperature and "
@@ -63,6 +62,16 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              "A second reader and teaching aid for upper-extremity radiographs. Not a medical device and "
              "not for diagnosis: every output must be checked by a qualified reader.", ""]
     return "\n".join(lines)
+
+
+def _maps_rule(name: str, members: list[str], folder: Path) -> str:
+    """The sentence saying whose heat maps the ensemble shows (index ``"ensemble_maps_from"``)."""
+    chosen = ensemble_maps_from(name, folder)
+    if not chosen or set(chosen) == set(members):
+        return "Heat maps are averaged after each is resized to the image and min-max normalised."
+    return (f"Heat maps come from {' and '.join(chosen)} only (index.json `ensemble_maps_from`): on the valid "
+            "splits its maps pointed at expert boxes more often than the members' average (README, Results), "
+            "so the map explains that member's contribution to the score, not the others'.")
 
 
 def write_card(name: str, weights_dir: str | Path | None = None) -> Path:

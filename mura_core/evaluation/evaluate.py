@@ -378,6 +378,7 @@ def _model_facts(predictor: Any) -> dict[str, Any]:
     return {"name": predictor.name, "sha256": predictor.sha256,
             "members": [{"name": m.name, "arch": m.spec.name, "image_size": m.config.image_size,
                          "sha256": m.sha256} for m in predictor.members],
+            "maps_from": [m.name for m in getattr(predictor, "map_members", predictor.members)],
             "card": predictor.card.to_dict() if not predictor.is_ensemble else None}
 
 

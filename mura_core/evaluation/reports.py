@@ -43,6 +43,7 @@ __all__ = [
     "read_report",
     "report_card",
     "report_ensemble",
+    "report_maps_from",
     "shipped_report",
     "thresholds_of",
     "write_predictions",
@@ -310,6 +311,17 @@ def report_ensemble(report: Mapping[str, Any], member_sha256s: Sequence[str]) ->
     if [m.get("sha256") for m in members] != list(member_sha256s):
         return None
     return [dict(m) for m in members]
+
+
+def report_maps_from(report: Mapping[str, Any]) -> list[str]:
+    """The members whose heat maps the reported model showed (every member when the report predates the
+    record)."""
+    model = report.get("model")
+    model = model if isinstance(model, Mapping) else {}
+    chosen = model.get("maps_from")
+    if isinstance(chosen, list) and chosen:
+        return [str(m) for m in chosen]
+    return [str(m.get("name")) for m in model.get("members") or [] if isinstance(m, Mapping)]
 
 # ----------------------------------------------------------------------------------------------
 # quoting a report (Home, Model card, the card markdown files, README)

@@ -13,9 +13,10 @@ Test-time augmentation (``tta=True``): each view is also scored horizontally fli
 batch; probabilities are averaged, and heat maps are averaged after flipping the flipped map back.
 
 Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabilities are the mean of
-the members' probabilities. Heat maps are AVERAGED across members after each member's map is resized
-to the original image size and then min-max normalised again; the averaged map shows where the members
-agree, and no member is privileged. Each member uses its own preprocessing (size, mean, std). The
+the members' probabilities. Heat maps are AVERAGED across the map members after each member's map is
+resized to the original image size and then min-max normalised again; the map members are every member
+unless the index names some (``"ensemble_maps_from"``, `maps_from=`): the shipped default shows the maps of
+its 320 px member alone, whose maps point at findings more often than the average (README, Results). Each member uses its own preprocessing (size, mean, std). The
 ensemble's thresholds are the members' thresholds averaged key by key (keys present in every member),
 unless `thresholds=` is given.
 
@@ -54,7 +55,9 @@ import torch
 
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
-from mura_core.models.weights import default_name, list_ensembles, load_weights, weights_folder
+from mura_core.models.weights import (
+    default_name, ensemble_maps_from, list_ensembles, load_weights, weights_folder,
+)
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
 from mura_core.explain.cams import (
@@ -70,7 +73,7 @@ from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_prob
 __all__ = ["AGGREGATES", "Predictor", "StudyResult", "ViewResult", "study_probability"]
 
 AUTO_CAM = ("auto", "default")
-"""`cam` values that mean "each member's default method" (classic CAM where possible, else Grad-CAM)."""
+"""`cam` values that mean "each member's default method" (multi-scale CAM where possible, else Grad-CAM)."""
 
 
 @dataclass
@@ -159,6 +162,17 @@ def _member(loaded: LoadedModel, device: torch.device) -> _Member:
 
 
 
+def _map_indexes(names: Sequence[str], maps_from: Sequence[str] | None) -> list[int]:
+    """Positions in `names` of the members named in `maps_from` (all positions when None); an unknown name
+    is an error, not a silently empty map."""
+    if not maps_from:
+        return list(range(len(names)))
+    unknown = [m for m in maps_from if m not in names]
+    if unknown:
+        raise ValueError(f"maps_from names {', '.join(unknown)}, not a member ({', '.join(names)})")
+    return [k for k, n in enumerate(names) if n in set(maps_from)]
+
+
 class Predictor:
     """A loaded model (or ensemble) on a device, ready to score studies; load once, call many times.
 
@@ -167,10 +181,13 @@ class Predictor:
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch.device.
         name: display name (default: the card's name, or members joined by "+").
         thresholds: override the card thresholds (body part -> threshold, with "default").
+        maps_from: names of the members whose heat maps are shown (default: every member's, averaged);
+            scores always average every member.
     """
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
-                 name: str | None = None, thresholds: Mapping[str, float] | None = None) -> None:
+                 name: str | None = None, thresholds: Mapping[str, float] | None = None,
+                 maps_from: Sequence[str] | None = None) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
             raise ValueError("Predictor needs at least one model")
@@ -179,6 +196,8 @@ class Predictor:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
         self.members = [_member(m, self.device) for m in loaded]
+        self.map_indexes = _map_indexes([m.name for m in self.members], maps_from)
+        """Positions of the members whose heat maps are shown (all by default)."""
         self.loaded = loaded
         self.name = name or "+".join(m.name for m in self.members)
         base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
@@ -202,7 +221,8 @@ class Predictor:
         name = default_name(weights_dir) if name is None else name
         if name is not None and str(name) in ensembles:
             members = [load_weights(m, device="cpu", weights_dir=weights_dir) for m in ensembles[str(name)]]
-            return cls(members, device=target, name=str(name))
+            return cls(members, device=target, name=str(name),
+                       maps_from=ensemble_maps_from(str(name), weights_dir))
         return cls(load_weights(name, device="cpu", weights_dir=weights_dir), device=target)
 
     @property
@@ -222,9 +242,14 @@ class Predictor:
         return len(self.members) > 1
 
     @property
+    def map_members(self) -> list[_Member]:
+        """The members whose heat maps are shown, in order (every member unless `maps_from` chose some)."""
+        return [self.members[k] for k in self.map_indexes]
+
+    @property
     def default_cam(self) -> str:
-        """``"cam"`` when every member allows classic CAM, else ``"gradcam"``."""
-        methods = {default_method(m.model, m.spec) for m in self.members}
+        """`DEFAULT_CAM` (multi-scale CAM) when every map member allows classic CAM, else ``"gradcam"``."""
+        methods = {default_method(m.model, m.spec) for m in self.map_members}
         return DEFAULT_CAM if methods == {DEFAULT_CAM} else FALLBACK_CAM
 
     def cam_methods(self) -> list[str]:
@@ -233,7 +258,7 @@ class Predictor:
         if self.int8 is not None:
             return []
         return [meth for meth in CAM_METHODS
-                if all(supports_method(m.model, m.spec, meth) for m in self.members)]
+                if all(supports_method(m.model, m.spec, meth) for m in self.map_members)]
 
     def threshold_for(self, body_part: BodyPart | str | None) -> float:
         """The body part's threshold, else the default."""
@@ -264,7 +289,7 @@ class Predictor:
         when an ensemble's members differ, each then using its own default); None stays None."""
         if cam not in AUTO_CAM:
             return cam
-        methods = {default_method(m.model, m.spec) for m in self.members}
+        methods = {default_method(m.model, m.spec) for m in self.map_members}
         return methods.pop() if len(methods) == 1 else "auto"
 
     def enable_int8(self, calibration: Sequence[np.ndarray], *, backend: str | None = None,
@@ -320,7 +345,7 @@ class Predictor:
     def run_batches(self, batches: Mapping[PreprocessConfig, torch.Tensor], *, cam: str | None = None,
                     target: str = "abnormal", tta: bool = False
                     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Probabilities (N,) and, with `cam`, each member's heat maps (N, S_m, S_m) at its input size.
+        """Probabilities (N,) and, with `cam`, each map member's heat maps (N, S_m, S_m) at its input size.
 
         One forward per member over the whole batch (2N rows with `tta`); heat maps come from that
         same forward.
@@ -331,7 +356,8 @@ class Predictor:
     def run_batches_many(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *,
                          target: str = "abnormal", tta: bool = False
                          ) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
-        """Probabilities (N,) and {method: each member's heat maps} from one forward per member.
+        """Probabilities (N,) and {method: each map member's heat maps} from one forward per member
+        (`map_members`; the other members give scores only).
 
         Several fast methods share that forward (`explain.explain_many`): evaluating the pointing game
         for seven methods costs about one forward, not seven. No methods: scores only (inference mode).
@@ -354,7 +380,7 @@ class Predictor:
             n = x.shape[0]
             if tta:
                 x = torch.cat([x, torch.flip(x, dims=[-1])])
-            if not methods:
+            if not methods or k not in self.map_indexes:
                 logits, pooled = self._scores_forward(k, x)
                 int8_features = pooled[:n] if k == 0 and pooled is not None else int8_features
                 member_maps: dict[str, np.ndarray] = {}
@@ -367,7 +393,7 @@ class Predictor:
                 p = (p[:n] + p[n:]) / 2.0
                 member_maps = {m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in member_maps.items()}
             probs.append(p)
-            for m in methods:
+            for m in member_maps:
                 maps[m].append(member_maps[m])
         return np.mean(probs, axis=0), maps, int8_features
 
@@ -420,7 +446,7 @@ class Predictor:
         on the CPU (`explain.MULTILAYER_METHODS`: a backward through the whole network, whose autograd graph
         grows with the batch and is the app's peak memory: 1.98 GB for 3 DenseNet-169 views at 320 px in one
         batch, 1.3 GB one by one; on the CPU a smaller batch costs no speed)."""
-        methods = {self._method_for(m, cam) for m in self.members} if cam is not None else set()
+        methods = {self._method_for(m, cam) for m in self.map_members} if cam is not None else set()
         return 1 if self.device.type == "cpu" and methods & MULTILAYER_METHODS else max(1, count)
 
     def _score_images(self, images: Sequence[np.ndarray], *, cam: str | None, target: str, tta: bool
@@ -473,7 +499,7 @@ class Predictor:
         if aggregate not in AGGREGATES:
             raise ValueError(f"unknown aggregate {aggregate!r}; choose 'mean' or 'max'")
         if cam is not None and cam not in AUTO_CAM:
-            for member in self.members:
+            for member in self.map_members:
                 self._method_for(member, cam)  # fail early, before decoding
         study = views if isinstance(views, Study) else None
         view_list = list(study.views if study is not None else views)

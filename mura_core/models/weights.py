@@ -25,6 +25,7 @@ __all__ = [
     "MURA_WEIGHTS_ENV",
     "WEIGHTS_DIR",
     "default_name",
+    "ensemble_maps_from",
     "list_ensembles",
     "list_weights",
     "load_weights",
@@ -118,6 +119,15 @@ def list_ensembles(weights_dir: str | Path | None = None) -> dict[str, list[str]
     """Ensembles named in the index: name -> member checkpoint names (probabilities are averaged)."""
     weights_dir = weights_folder(weights_dir)
     return {k: list(v) for k, v in read_index(weights_dir).get("ensembles", {}).items()}
+
+
+def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list[str] | None:
+    """The members whose heat maps an ensemble shows (index key ``"ensemble_maps_from"``), None for all.
+
+    Scores average every member; the maps can come from the members that point at findings best, measured
+    on the valid splits (an ensemble's averaged map is only as sharp as its coarsest member)."""
+    chosen = read_index(weights_folder(weights_dir)).get("ensemble_maps_from", {}).get(str(name))
+    return [str(m) for m in chosen] if chosen else None
 
 
 def default_name(weights_dir: str | Path | None = None) -> str | None:

@@ -38,6 +38,22 @@ def test_an_ensemble_default_leads_the_picker_and_is_described_from_its_report(e
     assert [m["image_size"] for m in shipped.members] == [64, 48]
     assert shipped.thresholds == pytest.approx({"default": 0.4, "WRIST": 0.5})
     assert services.shipped_ensemble("a") is None
+    assert shipped.maps_from == ("a", "b")  # the report records whose maps the ensemble showed
+
+
+def test_an_ensemble_showing_one_members_maps_says_so(tmp_path: Path, monkeypatch) -> None:
+    from mura_core.app import services
+    from mura_core.app.views import ensemble_summary
+
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(ensemble_default_folder(tmp_path / "weights", data, maps_from=["b"])))
+    shipped = services.shipped_ensemble("pair")
+    assert shipped is not None and shipped.maps_from == ("b",)
+    text = ensemble_summary("pair", shipped.members, shipped.thresholds, {"auc": 0.8}, "report")
+    assert "probabilities and heat maps averaged" in text  # nothing said about maps: every member's
+    text = ensemble_summary("pair", shipped.members, shipped.thresholds, {"auc": 0.8}, "report", None,
+                            shipped.maps_from)
+    assert "probabilities averaged; heat maps from b only" in text
 
 
 def test_an_ensemble_report_of_other_files_is_not_quoted(ensemble_weights: Path, tmp_path: Path, monkeypatch) -> None:

@@ -21,3 +21,10 @@ def test_an_ensemble_card_names_members_rule_thresholds_and_its_own_report(tmp_p
     member = card_text("a", folder)
     assert member.startswith("# Model card: a") and "No evaluate report ships" in member
     assert write_card("pair", folder).read_text() == text
+
+
+def test_an_ensemble_card_says_whose_heat_maps_it_shows(tmp_path: Path) -> None:
+    folder = ensemble_default_folder(tmp_path / "weights", maps_from=["b"])
+    text = card_text("pair", folder)
+    assert "Heat maps come from b only" in text and "heat maps are averaged" not in text.lower()
+    assert "Heat maps are averaged" in card_text("pair", ensemble_default_folder(tmp_path / "all"))

@@ -75,7 +75,7 @@ def trained_toy() -> ToyCNN:
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcam", "hirescam", "gradcam++", "layercam", "xgradcam"])
+@pytest.mark.parametrize("method", ["cam", "cam-ms", "gradcam", "hirescam", "gradcam++", "layercam", "xgradcam"])
 def test_heatmap_peak_lands_in_planted_square(trained_toy, method):
     gen = torch.Generator().manual_seed(123)
     x, y, corners = _square_batch(40, gen)
@@ -173,10 +173,11 @@ def test_hybrid_gradcam_is_not_blank():
 def test_classic_cam_refused_without_pooled_head():
     model = create_model("shallow_cnn").eval()
     spec = get_arch("shallow_cnn")
-    assert E.default_method(model, spec) == E.FALLBACK_CAM != E.DEFAULT_CAM == "cam"
-    assert "cam" not in E.available_methods(model, spec)
-    with pytest.raises(E.ExplainError):
-        E.explain_batch(model, spec, torch.zeros(1, 3, 32, 32), "cam")
+    assert E.default_method(model, spec) == E.FALLBACK_CAM != E.DEFAULT_CAM == "cam-ms"
+    assert "cam" not in E.available_methods(model, spec) and "cam-ms" not in E.available_methods(model, spec)
+    for method in ("cam", "cam-ms"):
+        with pytest.raises(E.ExplainError):
+            E.explain_batch(model, spec, torch.zeros(1, 3, 32, 32), method)
     assert _hooks(model) == 0
 
 
@@ -359,6 +360,37 @@ def test_explain_many_equals_one_by_one(trained_toy):
         np.testing.assert_allclose(together[method], alone, atol=1e-5, err_msg=method)
         np.testing.assert_allclose(logits, alone_logits, atol=1e-5)
     assert _hooks(trained_toy) == 0
+
+
+def test_multiscale_cam_is_the_mean_of_scaled_and_mirrored_classic_cams(trained_toy):
+    """cam-ms = min-max(mean over scales and mirrors of each pass's classic CAM at the input size, mirrored maps
+    flipped back); its logits are the plain forward's; one forward per scale."""
+    gen = torch.Generator().manual_seed(21)
+    x, _, _ = _square_batch(3, gen)
+    expected = np.zeros((3, SIZE, SIZE))
+    for factor in E.MULTISCALE_FACTORS:
+        side = E.scaled_side(SIZE, factor)
+        scaled = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        plain, _ = E.explain_batch(trained_toy, TOY_SPEC, scaled, "cam")
+        mirrored, _ = E.explain_batch(trained_toy, TOY_SPEC, torch.flip(scaled, dims=[-1]), "cam")
+        for maps in (plain, mirrored[:, :, ::-1]):
+            expected += np.stack([E.normalise_map(E.resize_heatmap(m, (SIZE, SIZE))) for m in maps])
+    calls = []
+    handle = trained_toy.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        maps, logits = E.explain_batch(trained_toy, TOY_SPEC, x, "cam-ms")
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(maps, E.normalise_map(expected), atol=1e-4)
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, trained_toy(x)[:, 0].numpy(), atol=1e-5)
+    assert len(calls) == len(E.MULTISCALE_FACTORS) > 1 and _hooks(trained_toy) == 0
+    assert maps.shape == (3, SIZE, SIZE) and maps.max() == pytest.approx(1.0)
+
+
+def test_scaled_side_rounds_to_the_stride():
+    assert [E.scaled_side(s, 1.4) for s in (320, 224, 16)] == [448, 320, 32]
+    assert E.scaled_side(300, 1.0) == 300
 
 
 def test_explain_many_counts_one_forward(trained_toy):

@@ -145,11 +145,27 @@ def test_default_cam_and_methods(ckpt_dir):
     mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
     shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu")
     assert mob.default_cam == DEFAULT_CAM and "cam" in mob.cam_methods()
-    assert DEFAULT_CAM == "cam" and shallow.default_cam == FALLBACK_CAM and "cam" not in shallow.cam_methods()
+    assert DEFAULT_CAM == "cam-ms" and shallow.default_cam == FALLBACK_CAM and "cam" not in shallow.cam_methods()
     with pytest.raises(ExplainError):
         shallow.predict_study([View("x", data=b"x")], cam="cam")
     with pytest.raises(ExplainError):
         mob.predict_study([View("x", data=b"x")], cam="bogus")
+
+
+def test_ensemble_maps_from_one_member(ckpt_dir, images):
+    """maps_from: scores average every member, the heat maps are the named member's alone (and its default)."""
+    a, b = load_checkpoint(ckpt_dir / "mob.pt"), load_checkpoint(ckpt_dir / "shallow.pt")
+    ens = Predictor([a, b], device="cpu", maps_from=["mob"])
+    alone = Predictor(a, device="cpu").predict_study(_views(images), cam="auto")
+    rb = Predictor(b, device="cpu").predict_study(_views(images))
+    r = ens.predict_study(_views(images), cam="auto")
+    assert [m.name for m in ens.map_members] == ["mob"] and r.cam == DEFAULT_CAM == ens.default_cam
+    assert "cam" in ens.cam_methods()  # the shallow member (no pooled head) no longer limits the methods
+    for v, va, vb in zip(r.views, alone.views, rb.views):
+        assert v.probability == pytest.approx((va.probability + vb.probability) / 2, abs=1e-5)
+        np.testing.assert_allclose(v.heatmap, va.heatmap, atol=1e-6)
+    with pytest.raises(ValueError, match="nope"):
+        Predictor([a, b], device="cpu", maps_from=["nope"])
 
 
 def test_ensemble_averages_members(ckpt_dir, images):
@@ -184,6 +200,15 @@ def test_an_ensemble_named_as_the_default_loads_whole(tmp_path, images):
     assert default.name == "pair" and [m.name for m in default.members] == ["a", "b"]
     assert default.thresholds == {"default": pytest.approx(0.4), "WRIST": pytest.approx(0.5)}
     assert default.predict_study(_views(images)).probability is not None
+    assert [m.name for m in default.map_members] == ["a", "b"]  # no "ensemble_maps_from": every member's maps
+
+
+def test_an_indexed_ensemble_shows_the_maps_its_index_names(tmp_path, images):
+    chosen = Predictor.from_weights("pair", device="cpu",
+                                    weights_dir=ensemble_default_folder(tmp_path, maps_from=["b"]))
+    assert [m.name for m in chosen.members] == ["a", "b"] and [m.name for m in chosen.map_members] == ["b"]
+    result = chosen.predict_study(_views(images), cam="gradcam")
+    assert all(v.heatmap.shape == v.image.shape for v in result.views)
 
 
 def test_threads_share_one_predictor(predictor, tmp_path):
