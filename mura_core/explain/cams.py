@@ -4,10 +4,10 @@ One entry point, `explain_batch`, computes the logits AND the heat maps of a bat
 forward pass (plus, for gradient methods, one backward pass that only runs from the logit back to the
 target layer); `explain_many` gives several methods from that one pass. Methods (`CAM_METHODS`):
 
-- ``cam``: classic CAM (Zhou et al. 2016): the final Linear weights times the last feature maps.
+- ``cam`` (the library default, `DEFAULT_CAM`): classic CAM (Zhou et al. 2016): the final Linear weights times the last feature maps.
   Forward only, so it is the cheapest; needs a "global average pool + one Linear" head
   (`ArchSpec.classic_cam(model)` not None). For the normal target the weights are negated.
-- ``cam-ms`` (the default, `DEFAULT_CAM`): multi-scale CAM: classic CAM of the input at each of
+- ``cam-ms``: multi-scale CAM (the shipped models' default map, named per model in ``weights/index.json``): classic CAM of the input at each of
   `MULTISCALE_FACTORS` (the input enlarged by bilinear interpolation) and of its mirror image, each
   map min-maxed, brought back to the input size (mirrored maps flipped back) and averaged. Four
   forwards instead of one; a 10x10 grid at 320 px becomes 10x10 and 14x14 grids offset by the mirror,
@@ -122,8 +122,8 @@ class CamMethod:
 CAM_TABLE: tuple[CamMethod, ...] = (
     CamMethod("cam-ms", "multiscale",
               "multi-scale CAM: classic CAM averaged over the input at 1x and 1.4x and their mirror images "
-              "(4 forwards): a finer, steadier peak", default=True),
-    CamMethod("cam", "classic", "classic CAM: final Linear weights times the last feature maps"),
+              "(4 forwards): a finer, steadier peak"),
+    CamMethod("cam", "classic", "classic CAM: final Linear weights times the last feature maps", default=True),
     CamMethod("gradcam", "gradient", "Grad-CAM: channel weights = mean gradient"),
     CamMethod("hirescam", "gradient", "HiResCAM: gradient times activation, per position"),
     CamMethod("gradcam++", "gradient", "Grad-CAM++: higher-order gradient weights"),
@@ -172,9 +172,10 @@ MULTISCALE_FACTORS: tuple[float, ...] = (1.0, 1.4)
 32 px (the CNNs' stride), so 320 px gives 320 and 448, 224 px gives 224 and 320."""
 
 DEFAULT_CAM: str = next(m.name for m in CAM_TABLE if m.default)
-"""The default method (the `CAM_TABLE` row marked default): multi-scale CAM. On the shipped default's
-valid splits it pointed at expert boxes more often than one-pass classic CAM and every other fast
-method, on both sources (README, Results); classic CAM stays the cheapest (one forward)."""
+"""The library's default method (the `CAM_TABLE` row marked default): classic CAM, one forward. A model's
+index entry can name another (``weights/index.json`` "default_cam", `models.weights.default_cam_for`): the
+shipped models name ``cam-ms``, which on their valid splits pointed at expert boxes more often than one-pass
+classic CAM and every other fast method, on both sources (README, Results), for four forwards instead of one."""
 
 FALLBACK_CAM = "gradcam"
 """The default method for every other architecture (works on all of them)."""

@@ -56,7 +56,7 @@ import torch
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
 from mura_core.models.weights import (
-    default_name, ensemble_maps_from, list_ensembles, load_weights, weights_folder,
+    default_cam_for, default_name, ensemble_maps_from, list_ensembles, load_weights, weights_folder,
 )
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
@@ -73,7 +73,8 @@ from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_prob
 __all__ = ["AGGREGATES", "Predictor", "StudyResult", "ViewResult", "study_probability"]
 
 AUTO_CAM = ("auto", "default")
-"""`cam` values that mean "each member's default method" (multi-scale CAM where possible, else Grad-CAM)."""
+"""`cam` values that mean "the model's default method" (its index entry's, else classic CAM where possible, else
+Grad-CAM, per member)."""
 
 
 @dataclass
@@ -183,11 +184,13 @@ class Predictor:
         thresholds: override the card thresholds (body part -> threshold, with "default").
         maps_from: names of the members whose heat maps are shown (default: every member's, averaged);
             scores always average every member.
+        default_cam: the heat-map method "auto" stands for when every map member supports it (the index's
+            "default_cam" for indexed weights); otherwise each member's `explain.default_method`.
     """
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
                  name: str | None = None, thresholds: Mapping[str, float] | None = None,
-                 maps_from: Sequence[str] | None = None) -> None:
+                 maps_from: Sequence[str] | None = None, default_cam: str | None = None) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
             raise ValueError("Predictor needs at least one model")
@@ -198,6 +201,8 @@ class Predictor:
         self.members = [_member(m, self.device) for m in loaded]
         self.map_indexes = _map_indexes([m.name for m in self.members], maps_from)
         """Positions of the members whose heat maps are shown (all by default)."""
+        self.preferred_cam = default_cam
+        """The method named as this model's default (None: the library's)."""
         self.loaded = loaded
         self.name = name or "+".join(m.name for m in self.members)
         base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
@@ -222,8 +227,10 @@ class Predictor:
         if name is not None and str(name) in ensembles:
             members = [load_weights(m, device="cpu", weights_dir=weights_dir) for m in ensembles[str(name)]]
             return cls(members, device=target, name=str(name),
-                       maps_from=ensemble_maps_from(str(name), weights_dir))
-        return cls(load_weights(name, device="cpu", weights_dir=weights_dir), device=target)
+                       maps_from=ensemble_maps_from(str(name), weights_dir),
+                       default_cam=default_cam_for(str(name), weights_dir))
+        loaded = load_weights(name, device="cpu", weights_dir=weights_dir)
+        return cls(loaded, device=target, default_cam=default_cam_for(loaded.card.name, weights_dir))
 
     @property
     def card(self) -> Any:
@@ -248,9 +255,16 @@ class Predictor:
 
     @property
     def default_cam(self) -> str:
-        """`DEFAULT_CAM` (multi-scale CAM) when every map member allows classic CAM, else ``"gradcam"``."""
+        """The model's own default (`preferred_cam`) when every map member supports it, else `DEFAULT_CAM`
+        (classic CAM) when they all allow it, else ``"gradcam"``."""
+        if self._preferred_usable():
+            return str(self.preferred_cam)
         methods = {default_method(m.model, m.spec) for m in self.map_members}
         return DEFAULT_CAM if methods == {DEFAULT_CAM} else FALLBACK_CAM
+
+    def _preferred_usable(self) -> bool:
+        return self.preferred_cam is not None and all(
+            supports_method(m.model, m.spec, self.preferred_cam) for m in self.map_members)
 
     def cam_methods(self) -> list[str]:
         """Heat-map methods every member supports (slow ones included; see `explain.SLOW_METHODS`); none on
@@ -289,6 +303,8 @@ class Predictor:
         when an ensemble's members differ, each then using its own default); None stays None."""
         if cam not in AUTO_CAM:
             return cam
+        if self._preferred_usable():
+            return str(self.preferred_cam)
         methods = {default_method(m.model, m.spec) for m in self.map_members}
         return methods.pop() if len(methods) == 1 else "auto"
 
@@ -327,7 +343,7 @@ class Predictor:
             raise ExplainError(f"heat maps ({cam}) are not available on the int8 scoring path (scores only); "
                                "score without int8 to get them")
         if cam in AUTO_CAM:
-            return default_method(member.model, member.spec)
+            return str(self.preferred_cam) if self._preferred_usable() else default_method(member.model, member.spec)
         if not supports_method(member.model, member.spec, cam):
             if cam in CAM_METHODS:
                 raise ExplainError(f"{cam!r} is not available for {member.spec.name} "

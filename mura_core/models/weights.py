@@ -24,6 +24,7 @@ __all__ = [
     "INDEX_NAME",
     "MURA_WEIGHTS_ENV",
     "WEIGHTS_DIR",
+    "default_cam_for",
     "default_name",
     "ensemble_maps_from",
     "list_ensembles",
@@ -128,6 +129,13 @@ def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list
     on the valid splits (an ensemble's averaged map is only as sharp as its coarsest member)."""
     chosen = read_index(weights_folder(weights_dir)).get("ensemble_maps_from", {}).get(str(name))
     return [str(m) for m in chosen] if chosen else None
+
+
+def default_cam_for(name: str | None, weights_dir: str | Path | None = None) -> str | None:
+    """The heat-map method the index names as a model's or ensemble's default (key ``"default_cam"``), chosen
+    by its pointing game on the valid splits; None: the library default (`explain.cams.DEFAULT_CAM`)."""
+    chosen = read_index(weights_folder(weights_dir)).get("default_cam", {}).get(str(name)) if name else None
+    return str(chosen) if chosen else None
 
 
 def default_name(weights_dir: str | Path | None = None) -> str | None:

@@ -173,7 +173,7 @@ def test_hybrid_gradcam_is_not_blank():
 def test_classic_cam_refused_without_pooled_head():
     model = create_model("shallow_cnn").eval()
     spec = get_arch("shallow_cnn")
-    assert E.default_method(model, spec) == E.FALLBACK_CAM != E.DEFAULT_CAM == "cam-ms"
+    assert E.default_method(model, spec) == E.FALLBACK_CAM != E.DEFAULT_CAM == "cam"
     assert "cam" not in E.available_methods(model, spec) and "cam-ms" not in E.available_methods(model, spec)
     for method in ("cam", "cam-ms"):
         with pytest.raises(E.ExplainError):

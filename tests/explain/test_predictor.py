@@ -145,7 +145,7 @@ def test_default_cam_and_methods(ckpt_dir):
     mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
     shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu")
     assert mob.default_cam == DEFAULT_CAM and "cam" in mob.cam_methods()
-    assert DEFAULT_CAM == "cam-ms" and shallow.default_cam == FALLBACK_CAM and "cam" not in shallow.cam_methods()
+    assert DEFAULT_CAM == "cam" and shallow.default_cam == FALLBACK_CAM and "cam" not in shallow.cam_methods()
     with pytest.raises(ExplainError):
         shallow.predict_study([View("x", data=b"x")], cam="cam")
     with pytest.raises(ExplainError):
@@ -201,6 +201,27 @@ def test_an_ensemble_named_as_the_default_loads_whole(tmp_path, images):
     assert default.thresholds == {"default": pytest.approx(0.4), "WRIST": pytest.approx(0.5)}
     assert default.predict_study(_views(images)).probability is not None
     assert [m.name for m in default.map_members] == ["a", "b"]  # no "ensemble_maps_from": every member's maps
+
+
+def test_a_model_can_name_its_own_default_map(ckpt_dir, images):
+    """default_cam: "auto" means the named method where every map member supports it, else the library rule."""
+    mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu", default_cam="cam-ms")
+    assert mob.default_cam == "cam-ms" and mob.resolve_cam("auto") == "cam-ms"
+    auto = mob.predict_study(_views(images), cam="auto")
+    named = mob.predict_study(_views(images), cam="cam-ms")
+    assert auto.cam == "cam-ms"
+    for a, b in zip(auto.views, named.views):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-6)
+    shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu", default_cam="cam-ms")
+    assert shallow.default_cam == FALLBACK_CAM == shallow.predict_study(_views(images), cam="auto").cam
+
+
+def test_the_index_names_default_maps(tmp_path):
+    folder = ensemble_default_folder(tmp_path, default_cam={"pair": "hirescam", "b": "cam-ms"})
+    assert Predictor.from_weights("pair", device="cpu", weights_dir=folder).default_cam == "hirescam"
+    assert Predictor.from_weights(None, device="cpu", weights_dir=folder).default_cam == "hirescam"
+    assert Predictor.from_weights("a", device="cpu", weights_dir=folder).default_cam == FALLBACK_CAM
+    assert Predictor.from_weights("b", device="cpu", weights_dir=folder).default_cam == FALLBACK_CAM  # no pooled head
 
 
 def test_an_indexed_ensemble_shows_the_maps_its_index_names(tmp_path, images):
