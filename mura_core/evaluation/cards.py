@@ -9,7 +9,9 @@ from pathlib import Path
 from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import render_card_markdown
-from mura_core.models.weights import ensemble_maps_from, list_ensembles, load_weights, weights_folder
+from mura_core.models.weights import (
+    default_cam_for, ensemble_maps_from, list_ensembles, load_weights, weights_folder,
+)
 
 __all__ = ["card_text", "write_card"]
 
@@ -34,7 +36,12 @@ def _metrics_section(name: str, folder: Path) -> str:
         return (f"## Metrics\n\nNo evaluate report ships with these weights; run `python -m mura_core evaluate "
                 f"... --out {folder.name}/{name}.report` to measure them.\n")
     report, _ = load_report(ref)
-    return metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", model_loso(name, folder))
+    text = metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", model_loso(name, folder))
+    method = default_cam_for(name, folder)
+    if method:
+        text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen because it pointed at expert "
+                 "boxes more often than one-pass classic CAM on these valid splits (pointing game above).\n")
+    return text
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:

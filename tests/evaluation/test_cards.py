@@ -23,6 +23,13 @@ def test_an_ensemble_card_names_members_rule_thresholds_and_its_own_report(tmp_p
     assert write_card("pair", folder).read_text() == text
 
 
+def test_a_card_names_the_default_map_its_index_chose(tmp_path: Path) -> None:
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data, default_cam={"pair": "hirescam"})
+    assert "**Default heat map**: `hirescam`" in card_text("pair", folder)
+    assert "Default heat map" not in card_text("pair", ensemble_default_folder(tmp_path / "plain", data))
+
+
 def test_an_ensemble_card_says_whose_heat_maps_it_shows(tmp_path: Path) -> None:
     folder = ensemble_default_folder(tmp_path / "weights", maps_from=["b"])
     text = card_text("pair", folder)

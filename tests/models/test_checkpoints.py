@@ -204,6 +204,25 @@ def test_shipped_index_files_match_their_hashes() -> None:
         assert sha256_file(path) == sha, name
     for members in index.get("ensembles", {}).values():
         assert set(members) <= set(index["models"])
+    for name, chosen in index.get("ensemble_maps_from", {}).items():
+        assert set(chosen) <= set(index["ensembles"][name]), name
+
+
+def test_shipped_default_maps_beat_classic_cam_in_their_reports() -> None:
+    """A model's index-named default map is measured in its shipped evaluate report and points at expert boxes at
+    least as often as one-pass classic CAM on every source (the reason it was named)."""
+    from mura_core.explain.cams import CAM_METHODS
+    from mura_core.evaluation.reports import read_report
+    from mura_core.models.weights import report_folder
+
+    named = read_index().get("default_cam", {})
+    assert named, "no shipped model names a default map"
+    for name, method in named.items():
+        assert method in CAM_METHODS, name
+        report = read_report(report_folder(name) / "report.json")
+        for source, part in report["by_source"].items():
+            games = part["pointing_game"]["methods"]
+            assert games[method]["hit_rate"] >= games["cam"]["hit_rate"], (name, source)
 
 
 def test_update_card_keeps_weights_and_changes_hash(saved) -> None:
