@@ -22,8 +22,9 @@
    `study_latency_naive_s / study_latency_s`; `naive_ratio_same_method` compares with our Grad-CAM.
 6. **overhead** (`overhead_ratio`): the study with the default heat maps (decoding included) over the bare
    batched forward of its already-prepared views (`overhead_ratio_cam`: the same with one-pass classic CAM
-   when the default is another method, e.g. the four-forward multi-scale CAM), in the same process, timed in alternating pairs (study, forward,
-   study, forward ...) so that both see the same machine state; the median of each over the pairs.
+   when the default is another method, e.g. the four-forward multi-scale CAM), in the same process, timed in
+   alternating pairs (study, forward, study, forward ...) so that both see the same machine state; the median
+   of each over the pairs.
    `overhead_ratio_sequential` keeps the older figure, `study_latency_s` over the forward timed minutes
    later in the stage breakdown (on a shared CPU, drift between the two inflates or deflates it).
 7. **score throughput** (`score_images_per_s`, in `score_precision`: bf16 where the hardware has it and the
@@ -913,7 +914,8 @@ def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) ->
     if config.first_page:
         primary.update(measure_first_page(config))
     out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
-    out.update({key: primary[key] for key in ("overhead_ratio", "overhead_ratio_cam", "bare_forward_s", "score_images_per_s",
+    out.update({key: primary[key] for key in ("overhead_ratio", "overhead_ratio_cam", "bare_forward_s",
+                                               "score_images_per_s",
                                                "score_precision", "score_int8_images_per_s", "score_int8_build_s",
                                                "first_page_s", "first_paint_s", "first_page_rss_mb",
                                                "model_ready_s", "app_rss_mb") if key in primary})

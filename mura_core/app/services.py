@@ -762,7 +762,8 @@ def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, 
 
     Every model of an ensemble that gives maps (`Predictor.map_members`) runs in turn (progress split evenly
     between them); their maps are combined as the Predictor combines fast maps. The probability is the
-    predictor's own (every member, one plain forward). The map is at the first map member's input size. Raises `explain.slow.SlowBusy` when another session's slow
+    predictor's own (every member, one plain forward). The map is at the first map member's input size.
+    Raises `explain.slow.SlowBusy` when another session's slow
     run holds the server; a failed or stopped run is not cached.
     """
     import time

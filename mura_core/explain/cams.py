@@ -4,14 +4,14 @@ One entry point, `explain_batch`, computes the logits AND the heat maps of a bat
 forward pass (plus, for gradient methods, one backward pass that only runs from the logit back to the
 target layer); `explain_many` gives several methods from that one pass. Methods (`CAM_METHODS`):
 
-- ``cam`` (the library default, `DEFAULT_CAM`): classic CAM (Zhou et al. 2016): the final Linear weights times the last feature maps.
-  Forward only, so it is the cheapest; needs a "global average pool + one Linear" head
-  (`ArchSpec.classic_cam(model)` not None). For the normal target the weights are negated.
-- ``cam-ms``: multi-scale CAM (the shipped models' default map, named per model in ``weights/index.json``): classic CAM of the input at each of
-  `MULTISCALE_FACTORS` (the input enlarged by bilinear interpolation) and of its mirror image, each
-  map min-maxed, brought back to the input size (mirrored maps flipped back) and averaged. Four
-  forwards instead of one; a 10x10 grid at 320 px becomes 10x10 and 14x14 grids offset by the mirror,
-  so the average places a peak finer than one cell, and noise that is not in every pass cancels.
+- ``cam`` (the library default, `DEFAULT_CAM`): classic CAM (Zhou et al. 2016): the final Linear weights
+  times the last feature maps. Forward only, so it is the cheapest; needs a "global average pool + one
+  Linear" head (`ArchSpec.classic_cam(model)` not None). For the normal target the weights are negated.
+- ``cam-ms``: multi-scale CAM (the shipped models' default map, named per model in ``weights/index.json``):
+  classic CAM of the input at each of `MULTISCALE_FACTORS` (the input enlarged by bilinear interpolation)
+  and of its mirror image, each map min-maxed, brought back to the input size (mirrored maps flipped back)
+  and averaged. Four forwards instead of one; a 10x10 grid at 320 px becomes 10x10 and 14x14 grids offset
+  by the mirror, so the average places a peak finer than one cell, and noise not in every pass cancels.
 - ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``: gradient methods, written here
   with the weighting formulas of the pytorch-grad-cam package (tests check they match it), on
   `ArchSpec.cam_target_layer(model)`; `ArchSpec.reshape_transform` turns transformer tokens into maps.
@@ -636,7 +636,8 @@ def explain_many(
         raise ExplainError("no heat-map method given")
     for method in methods:
         _check(method, target)
-        if method in (*CLASSIC_METHODS, "ablationcam", *ATTENTION_METHODS) and not supports_method(model, arch_spec, method):
+        if (method in (*CLASSIC_METHODS, "ablationcam", *ATTENTION_METHODS)
+                and not supports_method(model, arch_spec, method)):
             raise ExplainError(f"{method} is not available for {arch_spec.name} "
                                + _UNSUPPORTED_WHY.get(method, "(no attention layers)"))
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))

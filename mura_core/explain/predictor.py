@@ -16,7 +16,8 @@ Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabil
 the members' probabilities. Heat maps are AVERAGED across the map members after each member's map is
 resized to the original image size and then min-max normalised again; the map members are every member
 unless the index names some (``"ensemble_maps_from"``, `maps_from=`): the shipped default shows the maps of
-its 320 px member alone, whose maps point at findings more often than the average (README, Results). Each member uses its own preprocessing (size, mean, std). The
+its 320 px member alone, whose maps point at findings more often than the average (README, Results). Each
+member uses its own preprocessing (size, mean, std). The
 ensemble's thresholds are the members' thresholds averaged key by key (keys present in every member),
 unless `thresholds=` is given.
 
