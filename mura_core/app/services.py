@@ -454,7 +454,9 @@ def shipped_ensemble(name: str | None) -> ShippedEnsemble | None:
         return None
     report, _ = model_report(name) if shas else (None, "")
     members = report_ensemble(report, shas) if report is not None and all(shas) else None
-    return ShippedEnsemble(tuple(members), thresholds_of(report), tuple(report_maps_from(report))) if members else None
+    if not members:
+        return None
+    return ShippedEnsemble(tuple(members), thresholds_of(report), tuple(report_maps_from(report)))
 
 
 def model_thresholds(name: str | None) -> dict[str, float]:
@@ -763,8 +765,8 @@ def slow_map(model: str, image_key: str, method: str, target: str, _image: Any, 
     Every model of an ensemble that gives maps (`Predictor.map_members`) runs in turn (progress split evenly
     between them); their maps are combined as the Predictor combines fast maps. The probability is the
     predictor's own (every member, one plain forward). The map is at the first map member's input size.
-    Raises `explain.slow.SlowBusy` when another session's slow
-    run holds the server; a failed or stopped run is not cached.
+    Raises `explain.slow.SlowBusy` when another session's slow run holds the server; a failed or stopped run
+    is not cached.
     """
     import time
 

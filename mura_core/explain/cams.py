@@ -169,7 +169,8 @@ MULTISCALE_METHODS: frozenset[str] = frozenset(m.name for m in CAM_TABLE if m.fa
 
 MULTISCALE_FACTORS: tuple[float, ...] = (1.0, 1.4)
 """Input scales of ``cam-ms`` (each with its mirror image); an enlarged side is rounded to a multiple of
-32 px (the CNNs' stride), so 320 px gives 320 and 448, 224 px gives 224 and 320."""
+32 px (the CNNs' stride), so 320 px gives 320 and 448, 224 px gives 224 and 320. The first is 1.0: its
+forward gives the logits."""
 
 DEFAULT_CAM: str = next(m.name for m in CAM_TABLE if m.default)
 """The library's default method (the `CAM_TABLE` row marked default): classic CAM, one forward. A model's
