@@ -29,9 +29,10 @@ with st.sidebar:
     st.header("Explanation")
     cam = st.selectbox("CAM method", methods,
                        key="viewer_cam", format_func=lambda m: f"{m} (slow)" if m in SLOW_METHODS else m,
-                       help="How the heat map is computed. 'cam' needs no extra pass (the default where the "
-                            "model allows it); gradient methods add one backward pass; the slow ones run "
-                            "hundreds of forward passes per image.")
+                       help="How the heat map is computed. 'cam-ms' (the shipped models' default) averages "
+                            "classic CAM over two input scales and the mirror image: four forwards, and it "
+                            "points at findings more often; 'cam' needs no extra pass; gradient methods add one "
+                            "backward pass; the slow ones run hundreds of forward passes per image.")
     target = st.radio("Heat map shows", list(TARGETS), format_func=TARGETS.get, key="viewer_target",
                       horizontal=True)
     tta = st.checkbox("Test-time flip (average with the mirrored image)", key="viewer_tta")

@@ -169,8 +169,7 @@ def _build_predictor(name: str, folder: str) -> Any:
     from mura_core.models.devices import pick_device
     from mura_core.explain.predictor import Predictor
 
-    loaded = _load_models(name, folder)
-    return Predictor(loaded if len(loaded) > 1 else loaded[0], device=pick_device("auto"), name=name)
+    return Predictor.from_index(name, _load_models(name, folder), device=pick_device("auto"), weights_dir=folder)
 
 
 _WARM: dict[str, threading.Event] = {}

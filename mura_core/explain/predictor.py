@@ -227,11 +227,20 @@ class Predictor:
         name = default_name(weights_dir) if name is None else name
         if name is not None and str(name) in ensembles:
             members = [load_weights(m, device="cpu", weights_dir=weights_dir) for m in ensembles[str(name)]]
-            return cls(members, device=target, name=str(name),
-                       maps_from=ensemble_maps_from(str(name), weights_dir),
-                       default_cam=default_cam_for(str(name), weights_dir))
+            return cls.from_index(str(name), members, device=target, weights_dir=weights_dir)
         loaded = load_weights(name, device="cpu", weights_dir=weights_dir)
-        return cls(loaded, device=target, default_cam=default_cam_for(loaded.card.name, weights_dir))
+        return cls.from_index(loaded.card.name, [loaded], device=target, weights_dir=weights_dir)
+
+    @classmethod
+    def from_index(cls, name: str, loaded: Sequence[LoadedModel], *, device: str | torch.device = "auto",
+                   weights_dir: str | Path | None = None) -> "Predictor":
+        """A Predictor for indexed weights `name` already loaded (one checkpoint, or an ensemble's members), with
+        what the index says about its maps: the members that give them and the default method."""
+        folder = weights_folder(weights_dir)
+        ensemble = len(loaded) > 1
+        return cls(list(loaded) if ensemble else loaded[0], device=device, name=str(name),
+                   maps_from=ensemble_maps_from(str(name), folder) if ensemble else None,
+                   default_cam=default_cam_for(str(name), folder))
 
     @property
     def card(self) -> Any:

@@ -99,3 +99,18 @@ def test_an_ensemble_without_its_own_loso_quotes_its_first_members(ensemble_weig
     (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": []}))
     assert services.model_loso("pair")["description"] == "recipe of a"
     assert services.model_loso("b") is None
+
+
+def test_the_app_predictor_follows_the_index_on_maps(tmp_path: Path, monkeypatch) -> None:
+    """The app's cached Predictor shows the maps the index names (members and default method), as the CLI's does:
+    the Study viewer's CAM method starts on the index's default."""
+    from mura_core.app import services
+
+    folder = ensemble_default_folder(tmp_path / "weights", maps_from=["b"], default_cam={"pair": "hirescam"})
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
+    predictor = services.get_predictor("pair")
+    assert [m.name for m in predictor.map_members] == ["b"] and predictor.default_cam == "hirescam"
+    assert services.cam_methods("pair")[1] == "hirescam"
+    at = start_app(folder, monkeypatch).switch_page("pages/study_viewer.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="viewer_cam").value == "hirescam"
