@@ -447,33 +447,42 @@ def _multiscale_cam(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, targ
     """``cam-ms``: classic CAM of the inputs at every `MULTISCALE_FACTORS` scale and of their mirror
     images, each min-maxed at the input size (mirrored maps flipped back), averaged and min-maxed again.
 
-    On a GPU one forward per scale over 2N rows (the images and their mirrors); on the CPU one row per
-    forward, which measured 2-4x faster there for inputs of 320-448 px (cache-bound batches). Returns
-    (maps (N, S, S), the logits of the unscaled, unmirrored inputs)."""
+    The first pass is the plain inputs in one forward over every row: its logits are returned, and a caller's
+    feature hook (`explain.features.capture_pooled`, the scope check) sees every row. On the CPU the other
+    passes run one row per forward (batched 320-448 px forwards were cache-bound there, 2-4x slower); on a
+    GPU each pass is one forward. Returns (maps (N, S, S), the logits of the unscaled, unmirrored inputs)."""
     feature_layer, weight = arch_spec.classic_cam(model)
     n = int(inputs.shape[0])
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     total = np.zeros((n, *size), dtype=np.float64)
     logits: torch.Tensor | None = None
-    for factor in MULTISCALE_FACTORS:
-        scaled = inputs
-        if factor != 1.0:
-            scaled = torch.nn.functional.interpolate(
-                inputs, size=(scaled_side(size[0], factor), scaled_side(size[1], factor)), mode="bilinear",
-                align_corners=False)
-        both = torch.cat([scaled, torch.flip(scaled, dims=[-1])])
-        step = 1 if both.device.type == "cpu" else len(both)
+    for index, (rows, mirrored) in enumerate(_multiscale_passes(inputs)):
+        step = n if index == 0 or rows.device.type != "cpu" else 1
         acts, raw = [], []
-        for start in range(0, len(both), step):
-            part_acts, _, part_logits = _forward_capture(model, feature_layer, both[start:start + step], target,
+        for start in range(0, n, step):
+            part_acts, _, part_logits = _forward_capture(model, feature_layer, rows[start:start + step], target,
                                                          False, None, arch_spec.name)
             acts.append(part_acts)
             raw.append(part_logits)
         maps = _to_input_size(_classic_raw(np.concatenate(acts), weight, target), size)
-        total += maps[:n] + maps[n:, :, ::-1]
+        total += maps[:, :, ::-1] if mirrored else maps
         if logits is None:
-            logits = torch.cat(raw)[:n]
+            logits = torch.cat(raw)
     return normalise_map(total), logits
+
+
+def _multiscale_passes(inputs: torch.Tensor) -> Iterator[tuple[torch.Tensor, bool]]:
+    """The inputs at each `MULTISCALE_FACTORS` scale (the plain inputs first), each followed by its mirror:
+    (batch, mirrored)."""
+    height, width = int(inputs.shape[-2]), int(inputs.shape[-1])
+    for factor in MULTISCALE_FACTORS:
+        scaled = inputs
+        if factor != 1.0:
+            scaled = torch.nn.functional.interpolate(
+                inputs, size=(scaled_side(height, factor), scaled_side(width, factor)), mode="bilinear",
+                align_corners=False)
+        yield scaled, False
+        yield torch.flip(scaled, dims=[-1]), True
 
 
 def _library(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, method: str,

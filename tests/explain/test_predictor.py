@@ -216,6 +216,16 @@ def test_a_model_can_name_its_own_default_map(ckpt_dir, images):
     assert shallow.default_cam == FALLBACK_CAM == shallow.predict_study(_views(images), cam="auto").cam
 
 
+def test_multiscale_cam_keeps_the_scope_features_of_every_view(predictor, images):
+    """The scope check's pooled features come from the scoring forward: cam-ms must run it over every view at once."""
+    plain = predictor.predict_study(_views(images), cam="cam")
+    multi = predictor.predict_study(_views(images), cam="cam-ms")
+    for a, b in zip(plain.views, multi.views):
+        assert a.features is not None and b.features is not None
+        np.testing.assert_allclose(a.features, b.features, atol=1e-5)
+        assert a.probability == pytest.approx(b.probability, abs=1e-6)
+
+
 def test_the_index_names_default_maps(tmp_path):
     folder = ensemble_default_folder(tmp_path, default_cam={"pair": "hirescam", "b": "cam-ms"})
     assert Predictor.from_weights("pair", device="cpu", weights_dir=folder).default_cam == "hirescam"
