@@ -198,8 +198,8 @@ OFFERED_COLORMAPS: tuple[str, ...] = ("jet", "turbo", "inferno", "viridis", "hot
 
 _EPS = 1e-7
 
-_UNSUPPORTED_WHY = {"cam": "(needs a global-pool + Linear head; use gradcam)",
-                    "cam-ms": "(needs a global-pool + Linear head; use gradcam)", "ablationcam": "(token target layer)"}
+_UNSUPPORTED_WHY = {**{m: "(needs a global-pool + Linear head; use gradcam)" for m in CLASSIC_METHODS},
+                    "ablationcam": "(token target layer)"}
 
 
 class ExplainError(ValueError):

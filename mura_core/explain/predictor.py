@@ -172,7 +172,8 @@ def _map_indexes(names: Sequence[str], maps_from: Sequence[str] | None) -> list[
     unknown = [m for m in maps_from if m not in names]
     if unknown:
         raise ValueError(f"maps_from names {', '.join(unknown)}, not a member ({', '.join(names)})")
-    return [k for k, n in enumerate(names) if n in set(maps_from)]
+    chosen = set(maps_from)
+    return [k for k, n in enumerate(names) if n in chosen]
 
 
 class Predictor:
@@ -202,13 +203,14 @@ class Predictor:
         self.members = [_member(m, self.device) for m in loaded]
         self.map_indexes = _map_indexes([m.name for m in self.members], maps_from)
         """Positions of the members whose heat maps are shown (all by default)."""
-        self.preferred_cam = default_cam
-        """The method named as this model's default (None: the library's)."""
         self.loaded = loaded
         self.name = name or "+".join(m.name for m in self.members)
         base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
         base.setdefault("default", 0.5)
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
+        self.preferred_cam = default_cam if default_cam is not None and all(
+            supports_method(m.model, m.spec, default_cam) for m in self.map_members) else None
+        """The model's own default method when every map member supports it (None: the library's rule)."""
         self.int8: list[Any] | None = None
         """The members' `explain.quantize.Int8Scorer`s once `enable_int8` ran (scores only), else None."""
 
@@ -267,14 +269,10 @@ class Predictor:
     def default_cam(self) -> str:
         """The model's own default (`preferred_cam`) when every map member supports it, else `DEFAULT_CAM`
         (classic CAM) when they all allow it, else ``"gradcam"``."""
-        if self._preferred_usable():
-            return str(self.preferred_cam)
+        if self.preferred_cam is not None:
+            return self.preferred_cam
         methods = {default_method(m.model, m.spec) for m in self.map_members}
         return DEFAULT_CAM if methods == {DEFAULT_CAM} else FALLBACK_CAM
-
-    def _preferred_usable(self) -> bool:
-        return self.preferred_cam is not None and all(
-            supports_method(m.model, m.spec, self.preferred_cam) for m in self.map_members)
 
     def cam_methods(self) -> list[str]:
         """Heat-map methods every member supports (slow ones included; see `explain.SLOW_METHODS`); none on
@@ -313,8 +311,8 @@ class Predictor:
         when an ensemble's members differ, each then using its own default); None stays None."""
         if cam not in AUTO_CAM:
             return cam
-        if self._preferred_usable():
-            return str(self.preferred_cam)
+        if self.preferred_cam is not None:
+            return self.preferred_cam
         methods = {default_method(m.model, m.spec) for m in self.map_members}
         return methods.pop() if len(methods) == 1 else "auto"
 
@@ -353,7 +351,7 @@ class Predictor:
             raise ExplainError(f"heat maps ({cam}) are not available on the int8 scoring path (scores only); "
                                "score without int8 to get them")
         if cam in AUTO_CAM:
-            return str(self.preferred_cam) if self._preferred_usable() else default_method(member.model, member.spec)
+            return self.preferred_cam or default_method(member.model, member.spec)
         if not supports_method(member.model, member.spec, cam):
             if cam in CAM_METHODS:
                 raise ExplainError(f"{cam!r} is not available for {member.spec.name} "
