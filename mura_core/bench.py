@@ -41,8 +41,8 @@
    until headless Chromium shows Home's links (the model still loading in the background); `app_rss_mb` is the
    server's resident memory once Home shows the model loaded.
 
-Which model: ``--weights NAME`` (an indexed name or a checkpoint path); by default densenet169 if
-it is shipped (the latency targets are written for it), plus the app's default model. When no
+Which model: ``--weights NAME`` (an indexed checkpoint or ensemble name, or a checkpoint path; an
+ensemble's naive request reloads and runs every member); by default densenet169 if it is shipped (the latency targets are written for it), plus the app's default model. When no
 densenet169 weights are shipped, densenet169 is built with RANDOM weights (timings do not depend on
 the weight values; the JSON and table say so) -- or pick ``--arch NAME --random-weights``.
 
@@ -206,8 +206,8 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
 
     Args:
         config: the bench configuration.
-        shipped: indexed weight names, the app default first (default: `weights.list_weights()`, the app default
-            measured too when it is a checkpoint, not an ensemble).
+        shipped: indexed weight names, the app default first (default: `weights.list_weights()` and the
+            indexed ensembles; the app default, checkpoint or ensemble, is measured too).
     """
     if config.random_weights:
         arch = config.arch or TARGET_ARCH
@@ -215,8 +215,10 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
     if shipped is None:
         from mura_core.models.weights import default_name, list_weights
 
-        shipped, default = list_weights(), default_name()
-        app_default = default if default in shipped else None  # an ensemble default is not benched
+        from mura_core.models.weights import list_ensembles
+
+        shipped, default = [*list_weights(), *list_ensembles()], default_name()
+        app_default = default if default in shipped else None
     else:
         shipped = list(shipped)
         app_default = shipped[0] if shipped else None
@@ -512,30 +514,36 @@ def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
 # scenario 5: one study, the naive way
 # --------------------------------------------------------------------------------------------------
 
-def _naive_weights_file(subject: Subject, folder: Path) -> tuple[Path, str, Any]:
-    """(weights file, arch, preprocessing config) the naive request reloads every time."""
+def _naive_members(subject: Subject, folder: Path) -> list[tuple[Path, str, Any]]:
+    """(weights file, arch, preprocessing config) of every checkpoint the naive request reloads each time:
+    one for a checkpoint or random weights, each member's for an indexed ensemble."""
     import torch
 
     from mura_core.models.checkpoints import ModelCard
-    from mura_core.models.weights import resolve_weights
+    from mura_core.models.weights import list_ensembles, resolve_weights
     from mura_core.imaging.preprocess import PreprocessConfig
 
     if subject.random:
         loaded = _random_loaded(str(subject.arch), subject.image_size or STUDY_SIZE)
         path = folder / "random_state.pt"
         torch.save(loaded.model.state_dict(), path)
-        card = loaded.card
+        found = [(path, loaded.card)]
     else:
-        path, _ = resolve_weights(subject.weights)
-        card = ModelCard.from_dict(torch.load(path, map_location="cpu", weights_only=True)["card"])
-    size = int(subject.image_size or card.image_size)
-    return Path(path), card.arch, PreprocessConfig(size, tuple(card.mean), tuple(card.std))
+        names = list_ensembles().get(str(subject.weights), [str(subject.weights)])
+        paths = [resolve_weights(name)[0] for name in names]
+        found = [(Path(path), ModelCard.from_dict(torch.load(path, map_location="cpu", weights_only=True)["card"]))
+                 for path in paths]
+    return [(path, card.arch, PreprocessConfig(int(subject.image_size or card.image_size),
+                                               tuple(card.mean), tuple(card.std)))
+            for path, card in found]
 
 
-def _naive_request(path: Path, arch: str, config: Any, views: Sequence[Any], device: str) -> list[float]:
-    """One study the demo-app way: build + load the model, then per view a scoring forward and a
-    separate Grad-CAM (second forward with full autograd + backward); heat maps resized to the image."""
+def _naive_request(members: Sequence[tuple[Path, str, Any]], views: Sequence[Any], device: str) -> list[float]:
+    """One study the demo-app way: per checkpoint build + load the model, then per view a scoring forward
+    and a separate Grad-CAM (second forward with full autograd + backward), heat maps resized to the
+    image; an ensemble's view probability is the members' mean."""
     import cv2
+    import numpy as np
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
@@ -544,38 +552,41 @@ def _naive_request(path: Path, arch: str, config: Any, views: Sequence[Any], dev
     from mura_core.models.registry import get_arch
     from mura_core.imaging.preprocess import to_model_input
 
-    spec = get_arch(arch)
-    model = _naive_model(arch, path).to(device)
-    probabilities = []
-    for view in views:
-        pixels = decode_view(view).pixels
-        x = to_model_input(pixels, config).unsqueeze(0).to(device)
-        with torch.no_grad():
-            probabilities.append(float(torch.sigmoid(model(x))[0, 0]))
-        with GradCAM(model=model, target_layers=[spec.cam_target_layer(model)],
-                     reshape_transform=spec.reshape_transform) as cam:
-            heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
-        cv2.resize(heat, (pixels.shape[1], pixels.shape[0]))
-    return probabilities
+    per_member = []
+    for path, arch, config in members:
+        spec = get_arch(arch)
+        model = _naive_model(arch, path).to(device)
+        probabilities = []
+        for view in views:
+            pixels = decode_view(view).pixels
+            x = to_model_input(pixels, config).unsqueeze(0).to(device)
+            with torch.no_grad():
+                probabilities.append(float(torch.sigmoid(model(x))[0, 0]))
+            with GradCAM(model=model, target_layers=[spec.cam_target_layer(model)],
+                         reshape_transform=spec.reshape_transform) as cam:
+                heat = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
+            cv2.resize(heat, (pixels.shape[1], pixels.shape[0]))
+        per_member.append(probabilities)
+    return [float(p) for p in np.mean(per_member, axis=0)]
 
 
 def measure_naive(subject: Subject, config: BenchConfig) -> dict[str, Any]:
-    """Median latency of the study scored the naive way (model rebuilt per request), and its parts."""
+    """Median latency of the study scored the naive way (every model rebuilt per request), and its parts."""
     import torch
 
     _set_threads(config.threads)
     views, _ = bench_views(config.data)
     with tempfile.TemporaryDirectory(prefix="mura-bench-") as folder:
-        path, arch, pre = _naive_weights_file(subject, Path(folder))
-        latency = median_time(lambda: _naive_request(path, arch, pre, views, config.device),
-                              config.naive_repeats)[0]
+        members = _naive_members(subject, Path(folder))
+        latency = median_time(lambda: _naive_request(members, views, config.device), config.naive_repeats)[0]
 
         def build_only() -> None:
-            model = _naive_model(arch, path)
-            del model
+            for path, arch, _ in members:
+                model = _naive_model(arch, path)
+                del model
 
         build_s = median_time(build_only, config.naive_repeats, warmup=0)[0]
-    return {"study_latency_naive_s": latency, "naive_build_load_s": build_s,
+    return {"study_latency_naive_s": latency, "naive_build_load_s": build_s, "naive_models": len(members),
             "naive_repeats": config.naive_repeats, "peak_rss_mb": peak_rss_mb(),
             "torch_threads": torch.get_num_threads()}
 

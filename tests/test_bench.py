@@ -153,6 +153,28 @@ def test_shipped_weights_path_runs_study_and_naive(tmp_path: Path) -> None:
     assert naive["study_latency_naive_s"] > 0 and naive["naive_build_load_s"] > 0
 
 
+def test_an_indexed_ensemble_is_benched_with_every_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's default may be an ensemble: the naive request then reloads and runs every member, and the
+    shipped index's ensemble default is planned as a subject (it was skipped before)."""
+    from fixtures.score import ensemble_default_folder
+
+    from mura_core.models.weights import MURA_WEIGHTS_ENV
+
+    monkeypatch.setenv(MURA_WEIGHTS_ENV, str(ensemble_default_folder(tmp_path / "w")))
+    config = BenchConfig.quick_config(repeats=1, naive_repeats=1, data=str(tmp_path / "absent"), isolate=False,
+                                      methods=("cam",))
+    (subject,) = [s for s in bench.plan_subjects(config) if s.weights == "pair"]
+    assert subject.label == "pair (app default)"
+    members = bench._naive_members(subject, tmp_path)
+    assert [(p.name, c.image_size) for p, _, c in members] == [("a.pt", 64), ("b.pt", 48)]
+    views, _ = bench.bench_views(tmp_path / "absent")
+    probabilities = bench._naive_request(members, views, "cpu")
+    alone = [bench._naive_request([m], views, "cpu") for m in members]
+    assert probabilities == pytest.approx([(a + b) / 2 for a, b in zip(*alone)])
+    naive = bench.measure_naive(subject, config)
+    assert naive["naive_models"] == 2 and naive["study_latency_naive_s"] > 0
+
+
 def test_paired_medians_time_each_callable_alternately() -> None:
     calls: list[str] = []
     first, second = bench.paired_medians(lambda: calls.append("a"), lambda: (calls.append("b"), time.sleep(0.01)),

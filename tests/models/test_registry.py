@@ -11,6 +11,8 @@ from mura_core.models.registry import (
     create_model,
     efficientnet_lite0_imagenet,
     efficientnet_lite0_weights_path,
+    efficientnet_lite_imagenet,
+    efficientnet_lite_weights_path,
     get_arch,
     list_models,
     tokens_to_map,
@@ -18,7 +20,7 @@ from mura_core.models.registry import (
 
 torch.set_num_threads(2)
 
-EXPECTED = {"densenet169", "densenet121", "hybrid", "efficientnet_lite0", "shallow_cnn",
+EXPECTED = {"densenet169", "densenet121", "hybrid", "efficientnet_lite0", "efficientnet_lite2", "shallow_cnn",
             "resnet50", "vgg19_bn", "mobilenet_v2"}
 TINY = 64
 
@@ -53,7 +55,7 @@ def test_forward_gives_one_logit_and_spec_is_complete(name: str) -> None:
         assert isinstance(layer, nn.Module) and weight.ndim == 1
 
 
-@pytest.mark.parametrize("name", ["densenet169", "densenet121", "efficientnet_lite0", "resnet50",
+@pytest.mark.parametrize("name", ["densenet169", "densenet121", "efficientnet_lite0", "efficientnet_lite2", "resnet50",
                                   "mobilenet_v2"])
 def test_classic_cam_equals_head_on_pooled_features(name: str) -> None:
     """logit == mean over cells of (w . feature map) + bias, so the CAM layer really is the pooled map."""
@@ -125,26 +127,43 @@ def test_densenet_loads_user_supplied_torchvision_state(tmp_path) -> None:
     assert model.classifier.out_features == 1
 
 
-def test_efficientnet_lite0_imagenet_weights_load_strictly() -> None:
-    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
-    model = efficientnet_lite0_imagenet()
+def test_efficientnet_lite0_weights_path_is_the_variant_0_file() -> None:
+    assert efficientnet_lite0_weights_path() == efficientnet_lite_weights_path(0)
+
+
+@pytest.mark.parametrize("variant", [0, 2])
+def test_efficientnet_lite_imagenet_weights_load_strictly(variant: int) -> None:
+    state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    model = efficientnet_lite_imagenet(variant)
     assert set(model.state_dict()) == set(state)  # every key matched, none left over
     for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def _imagenet_top(model: nn.Module, name: str, k: int = 3) -> tuple[list[str], float]:
-    """Top-k ImageNet class names and the top probability for one sklearn sample photo."""
-    import torchvision
-    from PIL import Image
+def _sample_photo(name: str) -> np.ndarray:
+    """An RGB uint8 photo: sklearn's "flower.jpg" / "china.jpg", or matplotlib's "grace_hopper.jpg"."""
+    if name == "grace_hopper.jpg":
+        import matplotlib.cbook
+        from PIL import Image
+
+        with matplotlib.cbook.get_sample_data(name, asfileobj=True) as handle:
+            return np.asarray(Image.open(handle).convert("RGB"))
     from sklearn.datasets import load_sample_image
 
+    return load_sample_image(name)
+
+
+def _imagenet_top(model: nn.Module, name: str, size: int, k: int = 3) -> tuple[list[str], float]:
+    """Top-k ImageNet class names and the top probability for one sample photo, centre-cropped, at `size` px."""
+    import torchvision
+    from PIL import Image
+
     spec = get_arch("efficientnet_lite0")
-    pixels = load_sample_image(name)
+    pixels = _sample_photo(name)
     h, w = pixels.shape[:2]
     side = min(h, w)
     crop = pixels[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-    img = np.asarray(Image.fromarray(crop).resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255
+    img = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
     x = (torch.from_numpy(img).permute(2, 0, 1) - torch.tensor(spec.mean)[:, None, None]) \
         / torch.tensor(spec.std)[:, None, None]
     with torch.no_grad():
@@ -154,19 +173,32 @@ def _imagenet_top(model: nn.Module, name: str, k: int = 3) -> tuple[list[str], f
     return [categories[i] for i in top.indices.tolist()], float(top.values[0])
 
 
-def test_efficientnet_lite0_imagenet_predictions_are_sensible() -> None:
-    model = efficientnet_lite0_imagenet()
-    flower, p_flower = _imagenet_top(model, "flower.jpg")
-    temple, p_temple = _imagenet_top(model, "china.jpg")
-    assert flower[0] == "daisy"
-    assert {"palace", "bell cote", "monastery", "pagoda", "temple"} & set(temple)
-    assert p_temple > 0.2 and p_flower > 0.1  # peaked, far above uniform 0.001
+_BUILDINGS = {"palace", "bell cote", "monastery", "pagoda", "temple", "castle"}
+
+
+@pytest.mark.parametrize("variant", [0, 2])
+def test_efficientnet_lite_imagenet_predictions_are_sensible(variant: int) -> None:
+    """The stage table is right only if the ImageNet weights still recognise photos (shapes alone would load).
+    Lite2 calls sklearn's daisy close-up "honeycomb" (bee and ant next), so the flower is checked on Lite0 only."""
+    model = efficientnet_lite_imagenet(variant)
+    size = get_arch(f"efficientnet_lite{variant}").default_image_size
+    temple, p_temple = _imagenet_top(model, "china.jpg", size)
+    person, p_person = _imagenet_top(model, "grace_hopper.jpg", size)
+    assert _BUILDINGS & set(temple) and p_temple > 0.2  # peaked, far above uniform 0.001
+    assert "military uniform" in person and p_person > 0.05  # top-3 of 1000 classes
+    if variant == 0:
+        flower, p_flower = _imagenet_top(model, "flower.jpg", size)
+        assert flower[0] == "daisy" and p_flower > 0.1
 
 
 def test_efficientnet_pretrained_backbone_is_used_by_create_model() -> None:
     reference = efficientnet_lite0_imagenet()
     model = create_model("efficientnet_lite0", pretrained=True)
     torch.testing.assert_close(model._conv_stem.weight, reference._conv_stem.weight)
+    lite2 = create_model("efficientnet_lite2", pretrained=True)
+    torch.testing.assert_close(lite2._blocks[20]._project_conv.weight,
+                               efficientnet_lite_imagenet(2)._blocks[20]._project_conv.weight)
+    assert lite2._fc.out_features == 1
     hybrid = create_model("hybrid", pretrained=True)
     torch.testing.assert_close(hybrid.backbone._blocks[3]._depthwise_conv.weight,
                                reference._blocks[3]._depthwise_conv.weight)
