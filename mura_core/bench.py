@@ -42,7 +42,8 @@
    server's resident memory once Home shows the model loaded.
 
 Which model: ``--weights NAME`` (an indexed checkpoint or ensemble name, or a checkpoint path; an
-ensemble's naive request reloads and runs every member); by default densenet169 if it is shipped (the latency targets are written for it), plus the app's default model. When no
+ensemble's naive request reloads and runs every member); by default densenet169 if it is shipped (the
+latency targets are written for it), plus the app's default model (checkpoint or ensemble). When no
 densenet169 weights are shipped, densenet169 is built with RANDOM weights (timings do not depend on
 the weight values; the JSON and table say so) -- or pick ``--arch NAME --random-weights``.
 
@@ -213,9 +214,7 @@ def plan_subjects(config: BenchConfig, shipped: Sequence[str] | None = None) -> 
         arch = config.arch or TARGET_ARCH
         return [Subject(f"{arch} (RANDOM WEIGHTS)", arch=arch, image_size=config.image_size or STUDY_SIZE)]
     if shipped is None:
-        from mura_core.models.weights import default_name, list_weights
-
-        from mura_core.models.weights import list_ensembles
+        from mura_core.models.weights import default_name, list_ensembles, list_weights
 
         shipped, default = [*list_weights(), *list_ensembles()], default_name()
         app_default = default if default in shipped else None
