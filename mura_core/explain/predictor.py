@@ -17,9 +17,8 @@ the members' probabilities. Heat maps are AVERAGED across the map members after 
 resized to the original image size and then min-max normalised again; the map members are every member
 unless the index names some (``"ensemble_maps_from"``, `maps_from=`): the shipped default shows the maps of
 its 320 px member alone, whose maps point at findings more often than the average (README, Results). Each
-member uses its own preprocessing (size, mean, std). The
-ensemble's thresholds are the members' thresholds averaged key by key (keys present in every member),
-unless `thresholds=` is given.
+member uses its own preprocessing (size, mean, std). The ensemble's thresholds are the members' thresholds
+averaged key by key (keys present in every member), unless `thresholds=` is given.
 
 Determinism: models are in eval mode, nothing is random, and on CUDA cuDNN is set to deterministic
 algorithms (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``); the same input gives

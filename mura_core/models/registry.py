@@ -145,16 +145,28 @@ _LITE0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-# EfficientNet-Lite2 (width 1.1, depth 1.2; the stem, the head and the first and last stages' repeats are fixed).
-_LITE2_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 48),
-    (4, 3, 2, 6, 48, 88),
-    (4, 5, 1, 6, 88, 120),
-    (5, 5, 2, 6, 120, 208),
-    (1, 3, 1, 6, 208, 352),
-)
+
+
+def _scaled_stages(stages: tuple[tuple[int, int, int, int, int, int], ...], width: float,
+                   depth: float) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """A larger Lite variant's stage table from Lite0's, by EfficientNet's compound scaling: channels times
+    `width` rounded to a multiple of 8 (never below 90% of the product), repeats times `depth` rounded up.
+    Lite keeps the stem's 32 channels and the first and last stages' repeats fixed."""
+
+    def channels(c: int) -> int:
+        scaled = c * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    last = len(stages) - 1
+    return tuple((repeats if i in (0, last) else math.ceil(repeats * depth), kernel, stride, expand,
+                  c_in if i == 0 else channels(c_in), channels(c_out))
+                 for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(stages))
+
+
+_LITE2_STAGES = _scaled_stages(_LITE0_STAGES, width=1.1, depth=1.2)
+"""EfficientNet-Lite2: width 1.1, depth 1.2."""
+
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
 
