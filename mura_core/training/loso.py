@@ -19,6 +19,10 @@ __all__ = ["LOSO_NAME", "leave_one_source_out", "model_loso", "read_loso"]
 
 LOSO_NAME = "loso.json"
 
+_RECIPE_KEYS = ("arch", "epochs", "image_size", "augment", "lr", "ema_decay", "source_balance", "box_loss_weight",
+                "seed")
+"""The training settings `loso.json` quotes (the held-out models' cards have the whole recipe)."""
+
 
 def _held_out_summary(held_out: str, trained_on: list[str], report: dict[str, Any], checkpoint: Path,
                       report_dir: Path) -> dict[str, Any]:
@@ -63,10 +67,10 @@ def leave_one_source_out(config: TrainConfig, out_dir: str | Path, *, evaluate_s
             report = evaluate_dataset(held, split=evaluate_split, weights=str(checkpoint), cam=None,
                                       out=report_dir, n_bootstrap=n_bootstrap, progress=config.progress)
         runs.append(_held_out_summary(name, [source_name(d) for d in rest], report, checkpoint, report_dir))
-    summary = {"description": "each source held out in turn: trained on the others with the same recipe, "
-                              f"scored on the held-out source's '{evaluate_split}' split (in-scope images)",
-               "recipe": {k: v for k, v in vars(config).items() if k in ("arch", "epochs", "image_size", "augment",
-                                                                         "lr", "ema_decay", "source_balance")},
+    held = "each source held out in turn" if not only else f"held out: {', '.join(r['held_out'] for r in runs)}"
+    summary = {"description": f"{held}: trained on the others with the same recipe, scored on the held-out "
+                              f"source's '{evaluate_split}' split (in-scope images)",
+               "recipe": {k: v for k, v in vars(config).items() if k in _RECIPE_KEYS},
                "runs": runs}
     (out_dir / LOSO_NAME).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return summary
