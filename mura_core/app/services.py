@@ -563,15 +563,16 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
 
 
 def model_loso(name: str | None) -> dict[str, Any] | None:
-    """`training.loso.model_loso` of the weights folder (an ensemble may quote its first member's); None when
-    there is none or it cannot be read."""
+    """`training.loso.model_loso` of the weights folder (an ensemble quotes its members'); None when there is
+    none or it (or the index) cannot be read."""
+    from mura_core.models.card import CheckpointError
     from mura_core.training.loso import model_loso as shipped_loso
 
     if name is None:
         return None
     try:
         return shipped_loso(name, weights_folder())
-    except (OSError, ValueError):
+    except (OSError, ValueError, CheckpointError):
         return None
 
 

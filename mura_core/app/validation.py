@@ -94,9 +94,11 @@ def loso_rows(loso: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Leave-one-source-out results as table rows ([] without a loso.json)."""
     rows = []
     for run in (loso or {}).get("runs", []):
-        rows.append({"held-out source (never seen)": run["held_out"], "trained on": ", ".join(run["trained_on"]),
-                     "images": run.get("n_images"), "AUC on the held-out source":
-                     _with_interval(run.get("auc"), run.get("auc_ci")), "kappa": _with_interval(run.get("kappa"), None)})
+        recipe = {"recipe of": run["recipe"]} if "recipe" in run else {}
+        rows.append({**recipe, "held-out source (never seen)": run["held_out"],
+                     "trained on": ", ".join(run["trained_on"]), "images": run.get("n_images"),
+                     "AUC on the held-out source": _with_interval(run.get("auc"), run.get("auc_ci")),
+                     "kappa": _with_interval(run.get("kappa"), None)})
     return rows
 
 def _scored(predictions: Sequence[StudyPrediction]) -> list[StudyPrediction]:

@@ -402,9 +402,10 @@ def metrics_markdown(report: Mapping[str, Any], source: str, loso: Mapping[str, 
     if runs:
         lines += ["### Leave-one-source-out (a source the model never saw)", "",
                   f"{(loso or {}).get('description', '')}.", "",
-                  "| held out | trained on | n | AUC |", "|---|---|---|---|"]
-        lines += [f"| {r['held_out']} | {', '.join(r['trained_on'])} | {r.get('n_images')} | "
-                  f"{_with_ci({'auc': r.get('auc'), 'ci': {'auc': r.get('auc_ci')}}, 'auc')} |" for r in runs]
+                  "| recipe of | held out | trained on | n | AUC |", "|---|---|---|---|---|"]
+        lines += [f"| {r.get('recipe', 'this model')} | {r['held_out']} | {', '.join(r['trained_on'])} | "
+                  f"{r.get('n_images')} | {_with_ci({'auc': r.get('auc'), 'ci': {'auc': r.get('auc_ci')}}, 'auc')} |"
+                  for r in runs]
         lines.append("")
     return "\n".join(lines + [""])
 

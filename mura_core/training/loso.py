@@ -15,7 +15,7 @@ from typing import Any
 from mura_core.data.sources import source_name
 from mura_core.training.config import TrainConfig
 
-__all__ = ["LOSO_NAME", "leave_one_source_out", "model_loso", "read_loso"]
+__all__ = ["LOSO_NAME", "LOSO_SUFFIX", "leave_one_source_out", "loso_file", "model_loso", "read_loso"]
 
 LOSO_NAME = "loso.json"
 
@@ -82,15 +82,34 @@ def read_loso(path: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+LOSO_SUFFIX = ".loso.json"
+
+
+def loso_file(name: str, weights_dir: str | Path) -> Path:
+    """Where indexed model `name`'s leave-one-source-out summary lives: the index entry's ``"loso"`` file when
+    it names one (a model that continues another's recipe quotes that recipe's runs), else ``<name>.loso.json``."""
+    from mura_core.models.weights import read_index
+
+    folder = Path(weights_dir)
+    entry = read_index(folder)["models"].get(name) or {}
+    return folder / str(entry.get("loso") or f"{name}{LOSO_SUFFIX}")
+
+
 def model_loso(name: str, weights_dir: str | Path) -> dict[str, Any] | None:
-    """The leave-one-source-out summary shipped beside a model (``<weights folder>/<name>.loso.json``); for an
-    ensemble without its own, its first member's that has one (the held-out runs measure a recipe, not one
-    checkpoint). None when there is none."""
+    """The leave-one-source-out summary shipped for a model (`loso_file`). An ensemble without its own quotes
+    every member's, each run tagged under ``"recipe"`` with the model whose recipe it held out (the file's
+    stem): the runs measure a recipe, not one checkpoint, and members may differ. None when there is none."""
     from mura_core.models.weights import list_ensembles
 
     folder = Path(weights_dir)
-    for candidate in [name, *list_ensembles(folder).get(name, [])]:
-        found = read_loso(folder / f"{candidate}.loso.json")
-        if found is not None:
-            return found
-    return None
+    own = read_loso(loso_file(name, folder))
+    if own is not None:
+        return own
+    files = dict.fromkeys(loso_file(m, folder) for m in list_ensembles(folder).get(name, []))
+    found = {path.name.removesuffix(LOSO_SUFFIX): read_loso(path) for path in files}
+    found = {recipe: summary for recipe, summary in found.items() if summary is not None}
+    if len(found) <= 1:
+        return next(iter(found.values()), None)
+    return {"description": "each member's recipe held out on its own: "
+                           + "; ".join(f"{recipe}: {summary.get('description', '')}" for recipe, summary in found.items()),
+            "runs": [{**run, "recipe": recipe} for recipe, summary in found.items() for run in summary.get("runs", [])]}

@@ -86,8 +86,9 @@ def test_model_card_page_shows_the_ensemble_then_each_member(ensemble_weights: P
         assert heading in text, heading
 
 
-def test_an_ensemble_without_its_own_loso_quotes_its_first_members(ensemble_weights: Path, tmp_path: Path,
-                                                                   monkeypatch) -> None:
+def test_an_ensemble_without_its_own_loso_quotes_every_members(ensemble_weights: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """One member's summary is quoted as it is; with several, every run is kept and tagged with its recipe."""
     import json
     import shutil
 
@@ -96,9 +97,38 @@ def test_an_ensemble_without_its_own_loso_quotes_its_first_members(ensemble_weig
     folder = shutil.copytree(ensemble_weights, tmp_path / "w")
     monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
     assert services.model_loso("pair") is None
-    (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": []}))
+    run = {"held_out": "S", "trained_on": ["T"], "auc": 0.6}
+    (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": [run]}))
     assert services.model_loso("pair")["description"] == "recipe of a"
     assert services.model_loso("b") is None
+    (folder / "b.loso.json").write_text(json.dumps({"description": "recipe of b", "runs": [{**run, "auc": 0.7}]}))
+    both = services.model_loso("pair")
+    assert [(r["recipe"], r["auc"]) for r in both["runs"]] == [("a", 0.6), ("b", 0.7)]
+    assert "recipe of a" in both["description"] and "recipe of b" in both["description"]
+    assert "recipe" not in services.model_loso("b")["runs"][0]
+
+
+def test_an_index_entry_can_quote_the_recipe_it_continues(ensemble_weights: Path, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """A model trained on from another's checkpoint names that recipe's loso.json in the index; an ensemble
+    tags those runs with the recipe's name, not the member's."""
+    import json
+    import shutil
+
+    from mura_core.app import services
+    from mura_core.models.weights import read_index, write_index
+
+    folder = shutil.copytree(ensemble_weights, tmp_path / "w")
+    monkeypatch.setenv("MURA_WEIGHTS_DIR", str(folder))
+    run = {"held_out": "S", "trained_on": ["T"], "auc": 0.6}
+    (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": [run]}))
+    (folder / "first_cycle.loso.json").write_text(json.dumps({"description": "recipe b continues",
+                                                              "runs": [{**run, "auc": 0.5}]}))
+    index = read_index(folder)
+    index["models"]["b"]["loso"] = "first_cycle.loso.json"
+    write_index(index, folder)
+    assert services.model_loso("b")["description"] == "recipe b continues"
+    assert [(r["recipe"], r["auc"]) for r in services.model_loso("pair")["runs"]] == [("a", 0.6), ("first_cycle", 0.5)]
 
 
 def test_the_app_predictor_follows_the_index_on_maps(tmp_path: Path, monkeypatch) -> None:

@@ -67,6 +67,9 @@ def test_sources_filter_and_leave_one_source_out_rows():
     rows = loso_rows({"runs": [{"held_out": "FracAtlas", "trained_on": ["bone-fracture-xr"], "n_images": 257,
                                 "auc": 0.71, "auc_ci": [0.64, 0.78], "kappa": None}]})
     assert rows[0]["AUC on the held-out source"] == "0.710 (0.64–0.78)" and rows[0]["kappa"] == "—"
+    assert "recipe of" not in rows[0]
+    tagged = loso_rows({"runs": [{"held_out": "FracAtlas", "trained_on": ["x"], "auc": 0.5, "recipe": "m2"}]})
+    assert tagged[0]["recipe of"] == "m2"
     assert loso_rows(None) == []
 
 

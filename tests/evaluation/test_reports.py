@@ -100,3 +100,15 @@ def test_per_source_headlines_keep_sources_with_an_auc():
         "one-class": {"image_level": {"overall": {"n": 10, "auc": None}}}}}
     assert M.per_source_headlines(report) == {"FracAtlas": {"n": 257.0, "auc": 0.84, "kappa": 0.3}}
     assert M.per_source_headlines({}) == {}
+
+
+def test_card_metrics_quote_leave_one_source_out_with_the_recipe_each_run_measures():
+    """A model's own runs read "this model"; an ensemble's tagged runs name the member whose recipe was held out."""
+    report = {"image_level": {"overall": {"n": 3, "auc": 0.8}}, "study_level": {"overall": {}}}
+    run = {"held_out": "FracAtlas", "trained_on": ["bone-fracture-xr"], "n_images": 257, "auc": 0.533,
+           "auc_ci": [0.45, 0.61]}
+    own = M.metrics_markdown(report, "x.report", {"description": "one recipe", "runs": [run]})
+    assert "| this model | FracAtlas | bone-fracture-xr | 257 | 0.533" in own
+    tagged = M.metrics_markdown(report, "x.report", {"description": "two", "runs": [{**run, "recipe": "lite2"}]})
+    assert "| lite2 | FracAtlas |" in tagged
+    assert "Leave-one-source-out" not in M.metrics_markdown(report, "x.report", None)
