@@ -127,8 +127,9 @@ if source == "shipped":
     if held_out:
         st.markdown("#### On a source it never saw: leave-one-source-out")
         st.dataframe(held_out, hide_index=True, width="stretch")
-        st.caption("Each row: the same recipe trained without that source, scored on its valid split. This is "
-                   "the closest figure here to how the model would do on your own radiographs.")
+        st.caption("Each row: the model's recipe (for an ensemble, the member named under 'recipe of') trained "
+                   "again without that source, then scored on its valid split. This is the closest figure here to "
+                   "how the model would do on your own radiographs.")
 
 pointing = pointing_game_table(report)
 if pointing:
