@@ -96,20 +96,29 @@ def loso_file(name: str, weights_dir: str | Path) -> Path:
 
 
 def model_loso(name: str, weights_dir: str | Path) -> dict[str, Any] | None:
-    """The leave-one-source-out summary shipped for a model (`loso_file`). An ensemble without its own quotes
-    every member's, each run tagged under ``"recipe"`` with the model whose recipe it held out (the file's
-    stem): the runs measure a recipe, not one checkpoint, and members may differ. None when there is none."""
+    """The leave-one-source-out summary shipped for a model (`loso_file`). Runs of another model's recipe (an
+    index ``"loso"`` pointer, or an ensemble's members) are tagged under ``"recipe"`` with that model's name
+    (the file's stem): the runs measure a recipe, not one checkpoint. An ensemble without its own summary
+    quotes every member's. None when there is none."""
     from mura_core.models.weights import list_ensembles
 
     folder = Path(weights_dir)
-    own = read_loso(loso_file(name, folder))
-    if own is not None:
-        return own
-    files = dict.fromkeys(loso_file(m, folder) for m in list_ensembles(folder).get(name, []))
+    members = list_ensembles(folder).get(name, [])
+    own = loso_file(name, folder)
+    files = [own] if own.is_file() or not members else list(dict.fromkeys(loso_file(m, folder) for m in members))
     found = {path.name.removesuffix(LOSO_SUFFIX): read_loso(path) for path in files}
     found = {recipe: summary for recipe, summary in found.items() if summary is not None}
-    if len(found) <= 1:
-        return next(iter(found.values()), None)
-    return {"description": "each member's recipe held out on its own: "
-                           + "; ".join(f"{recipe}: {summary.get('description', '')}" for recipe, summary in found.items()),
-            "runs": [{**run, "recipe": recipe} for recipe, summary in found.items() for run in summary.get("runs", [])]}
+    if not found:
+        return None
+    if len(found) == 1:
+        recipe, summary = next(iter(found.items()))
+        return summary if recipe == name else _tagged(recipe, summary)
+    tagged = [_tagged(recipe, summary) for recipe, summary in found.items()]
+    return {"description": "each member's recipe held out on its own. " + "; ".join(t["description"] for t in tagged),
+            "runs": [run for t in tagged for run in t["runs"]]}
+
+
+def _tagged(recipe: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """`summary` with every run tagged as measuring `recipe`, and the description saying whose recipe it is."""
+    return {**summary, "description": f"Recipe of {recipe}: {summary.get('description', '')}",
+            "runs": [{**run, "recipe": recipe} for run in summary.get("runs", [])]}

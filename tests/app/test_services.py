@@ -99,7 +99,8 @@ def test_an_ensemble_without_its_own_loso_quotes_every_members(ensemble_weights:
     assert services.model_loso("pair") is None
     run = {"held_out": "S", "trained_on": ["T"], "auc": 0.6}
     (folder / "a.loso.json").write_text(json.dumps({"description": "recipe of a", "runs": [run]}))
-    assert services.model_loso("pair")["description"] == "recipe of a"
+    one = services.model_loso("pair")
+    assert one["description"] == "Recipe of a: recipe of a" and one["runs"][0]["recipe"] == "a"
     assert services.model_loso("b") is None
     (folder / "b.loso.json").write_text(json.dumps({"description": "recipe of b", "runs": [{**run, "auc": 0.7}]}))
     both = services.model_loso("pair")
@@ -127,7 +128,10 @@ def test_an_index_entry_can_quote_the_recipe_it_continues(ensemble_weights: Path
     index = read_index(folder)
     index["models"]["b"]["loso"] = "first_cycle.loso.json"
     write_index(index, folder)
-    assert services.model_loso("b")["description"] == "recipe b continues"
+    continued = services.model_loso("b")
+    assert continued["description"] == "Recipe of first_cycle: recipe b continues"
+    assert continued["runs"][0]["recipe"] == "first_cycle"
+    assert "recipe" not in services.model_loso("a")["runs"][0]
     assert [(r["recipe"], r["auc"]) for r in services.model_loso("pair")["runs"]] == [("a", 0.6), ("first_cycle", 0.5)]
 
 
