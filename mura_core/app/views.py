@@ -322,7 +322,7 @@ def ensemble_summary(name: str, members: Sequence[Mapping[str, Any]], thresholds
                      figures: Mapping[str, float], source: str,
                      by_source: Mapping[str, Mapping[str, float]] | None = None,
                      maps_from: Sequence[str] = ()) -> str:
-    """`card_summary` for an ensemble, from what its evaluate report records (members, the averaged thresholds
+    """`card_summary` for an ensemble, from what its evaluate report records (members, the thresholds
     it decided at, the members whose heat maps it shows), so Home describes it without loading torch."""
     parts = " and ".join(f"{m.get('name')} (`{m.get('arch')}`, {m.get('image_size')} px)" for m in members)
     names = [str(m.get("name")) for m in members]

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loso": ("mura_core.commands.loso", "leave-one-source-out: train without each source, then score it"),
     "int8-check": ("mura_core.commands.int8_check", "compare a model's float32 and int8 scores on the same images"),
     "fit-heads": ("mura_core.commands.fit_heads", "fit the scope check and body-part suggestion heads of a model"),
+    "fit-thresholds": ("mura_core.commands.fit_thresholds", "fit an ensemble's own thresholds on its evaluate report"),
     "train": ("mura_core.commands.train", "train a model on one or more sources and write a checkpoint with its card"),
 }
 

@@ -16,9 +16,10 @@ Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabil
 the members' probabilities. Heat maps are AVERAGED across the map members after each member's map is
 resized to the original image size and then min-max normalised again; the map members are every member
 unless the index names some (``"ensemble_maps_from"``, `maps_from=`): the shipped default shows the maps of
-its 320 px member alone, whose maps point at findings more often than the average (README, Results). Each
-member uses its own preprocessing (size, mean, std). The ensemble's thresholds are the members' thresholds
-averaged key by key (keys present in every member), unless `thresholds=` is given.
+its Lite2 member alone, whose maps point at findings more often than the average (README, Results). Each
+member uses its own preprocessing (size, mean, std). The ensemble's thresholds are its own when the index has
+them (``"ensemble_thresholds"``, fitted on its valid predictions) or `thresholds=` is given, else the members'
+thresholds averaged key by key (keys present in every member).
 
 Determinism: models are in eval mode, nothing is random, and on CUDA cuDNN is set to deterministic
 algorithms (``torch.backends.cudnn.deterministic = True``, ``benchmark = False``); the same input gives
@@ -56,7 +57,8 @@ import torch
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
 from mura_core.models.weights import (
-    default_cam_for, default_name, ensemble_maps_from, list_ensembles, load_weights, weights_folder,
+    default_cam_for, default_name, ensemble_maps_from, ensemble_thresholds, list_ensembles, load_weights,
+    weights_folder,
 )
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import pick_device
@@ -71,6 +73,10 @@ from mura_core.imaging.preprocess import PreprocessConfig, to_model_input
 from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_probability, threshold_for
 
 __all__ = ["AGGREGATES", "Predictor", "StudyResult", "ViewResult", "study_probability"]
+
+ENSEMBLE_THRESHOLDS_SOURCE = ("fitted on the ensemble's own valid predictions (Youden's J; index.json "
+                              "ensemble_thresholds, `python -m mura_core fit-thresholds`)")
+"""`Predictor.thresholds_source` of an ensemble whose index entry carries its own thresholds."""
 
 AUTO_CAM = ("auto", "default")
 """`cam` values that mean "the model's default method" (its index entry's, else classic CAM where possible, else
@@ -183,6 +189,8 @@ class Predictor:
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch.device.
         name: display name (default: the card's name, or members joined by "+").
         thresholds: override the card thresholds (body part -> threshold, with "default").
+        thresholds_source: where `thresholds` came from, in words (reports quote it); default: said from the
+            rule applied.
         maps_from: names of the members whose heat maps are shown (default: every member's, averaged);
             scores always average every member.
         default_cam: the heat-map method "auto" stands for when every map member supports it (the index's
@@ -191,7 +199,8 @@ class Predictor:
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
                  name: str | None = None, thresholds: Mapping[str, float] | None = None,
-                 maps_from: Sequence[str] | None = None, default_cam: str | None = None) -> None:
+                 maps_from: Sequence[str] | None = None, default_cam: str | None = None,
+                 thresholds_source: str | None = None) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
             raise ValueError("Predictor needs at least one model")
@@ -207,6 +216,11 @@ class Predictor:
         base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
         base.setdefault("default", 0.5)
         self.thresholds: dict[str, float] = {str(k): float(v) for k, v in base.items()}
+        self.thresholds_source = thresholds_source or (
+            "given by the caller" if thresholds is not None
+            else "model card (fitted on the model's validation split)" if len(self.members) == 1
+            else "mean of the ensemble members' model-card thresholds")
+        """Where `thresholds` came from, in words."""
         self.preferred_cam = default_cam if default_cam is not None and all(
             supports_method(m.model, m.spec, default_cam) for m in self.map_members) else None
         """The model's own default method when every map member supports it (None: the library's rule)."""
@@ -239,9 +253,11 @@ class Predictor:
         what the index says about its maps: the members that give them and the default method."""
         folder = weights_folder(weights_dir)
         ensemble = len(loaded) > 1
+        own = ensemble_thresholds(str(name), folder) if ensemble else None
         return cls(list(loaded) if ensemble else loaded[0], device=device, name=str(name),
                    maps_from=ensemble_maps_from(str(name), folder) if ensemble else None,
-                   default_cam=default_cam_for(str(name), folder))
+                   default_cam=default_cam_for(str(name), folder), thresholds=own,
+                   thresholds_source=ENSEMBLE_THRESHOLDS_SOURCE if own else None)
 
     @property
     def card(self) -> Any:

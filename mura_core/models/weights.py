@@ -27,6 +27,7 @@ __all__ = [
     "default_cam_for",
     "default_name",
     "ensemble_maps_from",
+    "ensemble_thresholds",
     "list_ensembles",
     "list_weights",
     "load_weights",
@@ -34,6 +35,7 @@ __all__ = [
     "register_weights",
     "report_folder",
     "resolve_weights",
+    "set_ensemble_thresholds",
     "weights_folder",
     "write_index",
 ]
@@ -129,6 +131,27 @@ def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list
     on the valid splits (an ensemble's averaged map is only as sharp as its coarsest member)."""
     chosen = read_index(weights_folder(weights_dir)).get("ensemble_maps_from", {}).get(str(name))
     return [str(m) for m in chosen] if chosen else None
+
+
+def ensemble_thresholds(name: str | None, weights_dir: str | Path | None = None) -> dict[str, float] | None:
+    """An ensemble's own thresholds (index key ``"ensemble_thresholds"``, written by ``fit-thresholds`` from the
+    ensemble's valid predictions); None: the members' thresholds averaged (`models.card.mean_thresholds`)."""
+    chosen = read_index(weights_folder(weights_dir)).get("ensemble_thresholds", {}).get(str(name)) if name else None
+    return {str(k): float(v) for k, v in chosen.items()} if chosen else None
+
+
+def set_ensemble_thresholds(name: str, thresholds: Mapping[str, float],
+                            weights_dir: str | Path | None = None) -> dict[str, Any]:
+    """Record an indexed ensemble's own thresholds (body part -> threshold, "default" required)."""
+    folder = weights_folder(weights_dir)
+    index = read_index(folder)
+    if name not in index.get("ensembles", {}):
+        raise ValueError(f"{name!r} is not an ensemble in {folder / INDEX_NAME}")
+    if "default" not in thresholds:
+        raise ValueError("thresholds need a 'default' key")
+    index.setdefault("ensemble_thresholds", {})[name] = {str(k): float(v) for k, v in thresholds.items()}
+    write_index(index, folder)
+    return index
 
 
 def default_cam_for(name: str | None, weights_dir: str | Path | None = None) -> str | None:
