@@ -460,7 +460,7 @@ def shipped_ensemble(name: str | None) -> ShippedEnsemble | None:
 
 def model_thresholds(name: str | None) -> dict[str, float]:
     """The thresholds the model decides with (body part -> threshold; "default" always present): the card's,
-    or for an ensemble the members' averaged, as its `Predictor` applies them."""
+    or for an ensemble its own (index.json) or else its members' averaged, as its `Predictor` applies them."""
     try:
         thresholds = get_predictor(name).thresholds if name is not None else None
     except Exception:

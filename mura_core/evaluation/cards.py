@@ -7,11 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
-from mura_core.models.card import mean_thresholds
+from mura_core.explain.predictor import Predictor
 from mura_core.models.checkpoints import render_card_markdown
-from mura_core.models.weights import (
-    default_cam_for, ensemble_maps_from, ensemble_thresholds, list_ensembles, load_weights, weights_folder,
-)
+from mura_core.models.weights import default_cam_for, ensemble_maps_from, list_ensembles, load_weights, weights_folder
 
 __all__ = ["card_text", "write_card"]
 
@@ -45,15 +43,13 @@ def _metrics_section(name: str, folder: Path) -> str:
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
-    """An ensemble's card: members (sha256-checked on load), the combination rule, the averaged thresholds and
-    the ensemble's own evaluate report."""
+    """An ensemble's card: members (sha256-checked on load), the combination rule, the thresholds its `Predictor`
+    decides at (and where they came from) and the ensemble's own evaluate report."""
     loaded = [load_weights(m, device="cpu", weights_dir=folder) for m in members]
     rows = [f"| {m.card.name} | `{m.card.arch}` | {m.card.image_size} px | `{m.sha256}` | `{m.card.name}.md` |"
             for m in loaded]
-    own = ensemble_thresholds(name, folder)
-    thresholds = own or mean_thresholds([m.card.thresholds for m in loaded])
-    how = ("fitted on this ensemble's own valid predictions (Youden's J per body part with at least 5 normal and 5 "
-           "abnormal in-scope images, `fit-thresholds`)" if own else "the members' averaged, key by key")
+    predictor = Predictor.from_index(name, loaded, device="cpu", weights_dir=folder)
+    thresholds = predictor.thresholds
     lines = [f"# Model card: {name} (ensemble)", "",
              "**Members** (each has its own card with architecture, data and licence credit, recipe and sha256):", "",
              "| member | architecture | input | sha256 | card |", "|---|---|---|---|---|", *rows, "",
@@ -64,7 +60,7 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              + " ".join(dict.fromkeys(str(m.card.licence) for m in loaded)), "",
              "The validation split that the metrics below are on also chose each member's epoch, temperature and "
              "thresholds, and this ensemble over its members: the figures are optimistic.", "",
-             f"**Thresholds** ({how}): "
+             f"**Thresholds** ({predictor.thresholds_source}): "
              + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
              + ".", "",
              _metrics_section(name, folder),

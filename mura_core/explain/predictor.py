@@ -74,8 +74,9 @@ from mura_core.data.studies import AGGREGATES, BodyPart, Study, View, study_prob
 
 __all__ = ["AGGREGATES", "Predictor", "StudyResult", "ViewResult", "study_probability"]
 
-ENSEMBLE_THRESHOLDS_SOURCE = ("fitted on the ensemble's own valid predictions (Youden's J; index.json "
-                              "ensemble_thresholds, `python -m mura_core fit-thresholds`)")
+ENSEMBLE_THRESHOLDS_SOURCE = ("fitted on this ensemble's own valid predictions (Youden's J per body part with at "
+                              "least 5 normal and 5 abnormal in-scope studies; index.json ensemble_thresholds, "
+                              "`python -m mura_core fit-thresholds`)")
 """`Predictor.thresholds_source` of an ensemble whose index entry carries its own thresholds."""
 
 AUTO_CAM = ("auto", "default")
