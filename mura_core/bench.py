@@ -9,7 +9,8 @@
    when the data is absent): scores only, and scores plus one heat map per view for multi-scale CAM,
    classic CAM, Grad-CAM and HiResCAM, each with and without test-time flip. Every timing is the median of
    `repeats` runs after one warm-up, and includes decoding the files (as the app does per request).
-   `study_latency_s` is the app's default heat map (`Predictor.default_cam`), no flip.
+   `study_latency_s` is the app's path: the default heat map (`Predictor.default_cam`) with the model's own
+   test-time flip (`Predictor.tta`).
 3. **evaluate throughput** (`evaluate_images_per_s`) over the valid split (``--limit`` for quick runs),
    through `mura_core.evaluation.evaluate.evaluate_dataset` when it exists, else a batched scoring loop.
 4. **peak resident memory**: each scenario runs in its own subprocess that reports its own peak RSS
@@ -24,7 +25,10 @@
    batched forward of its already-prepared views (`overhead_ratio_cam`: the same with one-pass classic CAM
    when the default is another method, e.g. the four-forward multi-scale CAM), in the same process, timed in
    alternating pairs (study, forward, study, forward ...) so that both see the same machine state; the median
-   of each over the pairs.
+   of each over the pairs. Both sides score as the app does, with the model's own test-time flip (`tta`:
+   index.json "default_tta"; the bare forward then has 2N rows); `overhead_ratio_no_flip` pairs the two
+   without the flip when the model has one. The ``latency_s`` entries say their flip: ``scores`` and a
+   method's name without it, ``*_tta`` with it.
    `overhead_ratio_sequential` keeps the older figure, `study_latency_s` over the forward timed minutes
    later in the stage breakdown (on a shared CPU, drift between the two inflates or deflates it).
 7. **score throughput** (`score_images_per_s`, in `score_precision`: bf16 where the hardware has it and the
@@ -476,14 +480,13 @@ def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
     default = predictor.default_cam
     run: Callable[..., Any] = predictor.predict_study
     latency: dict[str, float] = {}
-    latency[f"{default}"] = median_time(lambda: run(views, cam=default), config.repeats)[0]
+    app_study_s = median_time(lambda: run(views, cam=default), config.repeats)[0]  # the model's own flip
     app_peak = peak_rss_mb()
-    latency["scores"] = median_time(lambda: run(views), config.repeats)[0]
+    latency["scores"] = median_time(lambda: run(views, tta=False), config.repeats)[0]
     latency["scores_tta"] = median_time(lambda: run(views, tta=True), config.repeats)[0]
     methods = [m for m in config.methods if m in predictor.cam_methods()]
     for method in methods:
-        if method != default:
-            latency[method] = median_time(lambda: run(views, cam=method), config.repeats)[0]
+        latency[method] = median_time(lambda: run(views, cam=method, tta=False), config.repeats)[0]
         latency[f"{method}_tta"] = median_time(lambda: run(views, cam=method, tta=True), config.repeats)[0]
     breakdown = _stage_breakdown(predictor, views, list(dict.fromkeys([default, *methods])), config.repeats)
     batches = predictor.prepare([decode_view(v).pixels for v in views])
@@ -493,17 +496,21 @@ def measure_study(subject: Subject, config: BenchConfig) -> dict[str, Any]:
     fast = "cam" if default != "cam" and "cam" in predictor.cam_methods() else None
     fast_pair = (paired_medians(lambda: run(views, cam=fast), lambda: predictor.run_batches(batches, cam=None),
                                 max(config.repeats, 5)) if fast else None)
+    plain_pair = (paired_medians(lambda: run(views, cam=default, tta=False),
+                                 lambda: predictor.run_batches(batches, cam=None, tta=False), max(config.repeats, 5))
+                  if predictor.tta else None)
     member = predictor.members[0]
     profile = top_operators(lambda: run(views, cam=default)) if config.profile else None
     return {"profile_top_ops": profile,
         "model": predictor.name, "arch": member.spec.name, "random_weights": subject.random,
         "image_size": member.config.image_size, "views": len(views), "views_source": source,
-        "default_cam": default, "load_s": load_s, "study_latency_s": latency[default],
+        "default_cam": default, "tta": predictor.tta, "load_s": load_s, "study_latency_s": app_study_s,
         "bare_forward_s": breakdown["forward_s"],
         "overhead_ratio": paired_study_s / paired_forward_s,
         "overhead_pair_s": {"study_with_maps": paired_study_s, "bare_forward": paired_forward_s},
         "overhead_ratio_cam": fast_pair[0] / fast_pair[1] if fast_pair else None,
-        "overhead_ratio_sequential": latency[default] / breakdown["forward_s"],
+        "overhead_ratio_no_flip": plain_pair[0] / plain_pair[1] if plain_pair else None,
+        "overhead_ratio_sequential": app_study_s / breakdown["forward_s"],
         "latency_s": latency, "breakdown_s": breakdown, "peak_rss_mb": app_peak,
         "peak_rss_all_scenarios_mb": peak_rss_mb(), "repeats": config.repeats,
     }
@@ -924,7 +931,8 @@ def run_bench(config: BenchConfig, subjects: Sequence[Subject] | None = None) ->
     if config.first_page:
         primary.update(measure_first_page(config))
     out: dict[str, Any] = {key: primary[key] for key in REQUIRED_KEYS if key in primary}
-    out.update({key: primary[key] for key in ("overhead_ratio", "overhead_ratio_cam", "bare_forward_s",
+    out.update({key: primary[key] for key in ("overhead_ratio", "overhead_ratio_cam", "overhead_ratio_no_flip",
+                                               "tta", "bare_forward_s",
                                                "score_images_per_s",
                                                "score_precision", "score_int8_images_per_s", "score_int8_build_s",
                                                "first_page_s", "first_paint_s", "first_page_rss_mb",
@@ -961,6 +969,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
         ("input size (px)", lambda r: r.get("image_size"), ""),
         ("cold start: import + load (fresh process)", lambda r: r.get("cold_start_s"), " s"),
+        ("test-time flip by default (index.json default_tta)", lambda r: r.get("tta"), ""),
         ("study, scores only", lambda r: r["latency_s"].get("scores"), " s"),
         ("study, scores only + flip TTA", lambda r: r["latency_s"].get("scores_tta"), " s"),
     ]
@@ -976,6 +985,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("bare batched forward of the views", lambda r: r.get("bare_forward_s"), " s"),
         ("**overhead_ratio** (study with default maps / bare forward)", lambda r: r.get("overhead_ratio"), "x"),
         ("overhead ratio with one-pass classic CAM", lambda r: r.get("overhead_ratio_cam"), "x"),
+        ("overhead ratio without the model's flip (both sides)", lambda r: r.get("overhead_ratio_no_flip"), "x"),
         ("evaluate throughput", lambda r: r.get("evaluate_images_per_s"), " img/s"),
         ("**score throughput** (worklist)", lambda r: r.get("score_images_per_s"), " img/s"),
         ("  score precision (bf16 where native and checked)", lambda r: r.get("score_precision"), ""),

@@ -22,6 +22,8 @@ st.title("Study viewer")
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
 session.drop_invalid_choice("viewer_cam", methods)
+flip_default = services.default_tta(model)
+session.follow_default("viewer_tta", model, flip_default)
 session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_scale",
              defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
                        "viewer_zoom": 1.0})
@@ -35,7 +37,11 @@ with st.sidebar:
                             "backward pass; the slow ones run hundreds of forward passes per image.")
     target = st.radio("Heat map shows", list(TARGETS), format_func=TARGETS.get, key="viewer_target",
                       horizontal=True)
-    tta = st.checkbox("Test-time flip (average with the mirrored image)", key="viewer_tta")
+    tta = st.checkbox("Test-time flip (average with the mirrored image)", key="viewer_tta",
+                      help=f"This model's default: {'on' if flip_default else 'off'} (index.json default_tta, "
+                           "chosen on its validation splits; its evaluate report and the worklist score the same "
+                           "way). With cam-ms the flip costs almost nothing: that map already looks at the "
+                           "mirror image; other maps take twice as long.")
     st.header("Display")
     alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="viewer_alpha")
     colormap = st.selectbox("Colour map", OFFERED_COLORMAPS, key="viewer_colormap")

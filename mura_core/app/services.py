@@ -27,7 +27,7 @@ from mura_core.data.studies import BodyPart, Study, View
 from mura_core.evaluation.reports import (ReportRef, StudyPrediction, find_reports, load_report, read_predictions,
                                           shipped_report, thresholds_of)
 from mura_core.imaging.decode import DecodeError, read_view_bytes
-from mura_core.models.weights import weights_folder
+from mura_core.models.weights import default_tta_for, weights_folder
 
 __all__ = [
     "MODEL_KEY",
@@ -230,9 +230,11 @@ def _with_bytes(study: Study) -> tuple[Study, list[bytes | None]]:
     return dataclasses.replace(study, views=tuple(views)), datas
 
 
-def score_study(model: str, study: Study, *, cam: str | None, target: str = "abnormal", tta: bool = False,
+def score_study(model: str, study: Study, *, cam: str | None, target: str = "abnormal", tta: bool | None = None,
                 window: tuple[float, float] | None = None) -> tuple[Any, bool]:
-    """Score a study (or fetch it from the cache): returns (StudyResult, came_from_cache)."""
+    """Score a study (or fetch it from the cache): returns (StudyResult, came_from_cache). `tta` None: the
+    model's own test-time flip."""
+    tta = get_predictor(model).resolve_tta(tta)
     study, datas = _with_bytes(study)
     key = score_key(f"{weights_folder()}::{model}", datas, [v.name for v in study.views], body_part=study.body_part,
                     cam=cam, target=target, tta=tta, window=window)
@@ -304,6 +306,11 @@ def _thumbnail_png(path: str, mtime: float, boxes: tuple, size: int = 160) -> by
 # ------------------------------------------------------------------------------------------------
 # explanation methods and studies
 # ------------------------------------------------------------------------------------------------
+
+def default_tta(model: str | None) -> bool:
+    """The model's own test-time flip (index.json "default_tta"): where the viewer's switch starts."""
+    return default_tta_for(model, weights_folder()) if model else False
+
 
 def cam_methods(model: str | None) -> tuple[list[str], str]:
     """The heat-map methods the model supports (SCORE's order) and its default one.

@@ -17,6 +17,7 @@ __all__ = [
     "clamp_choice",
     "declared_keys",
     "drop_invalid_choice",
+    "follow_default",
     "keep",
     "keep_widget_state",
 ]
@@ -47,6 +48,15 @@ def keep_widget_state() -> None:
     for key in declared_keys():
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+
+
+def follow_default(key: str, owner: str | None, value: Any) -> None:
+    """Set a kept widget to `value` whenever its `owner` changes (e.g. the selected model): the widget starts at
+    each model's own default and keeps the reader's choice while that model stays selected."""
+    marker = f"{key}__owner"
+    if key not in st.session_state or st.session_state.get(marker) != owner:
+        st.session_state[key] = value
+        st.session_state[marker] = owner
 
 
 def drop_invalid_choice(key: str, options: list[Any]) -> None:

@@ -195,7 +195,8 @@ def kappas_by_body_part(predictions: Sequence[StudyPrediction],
 
 
 def describe_report(report: Mapping[str, Any]) -> str:
-    """A one-line description of an evaluate report: model, data, split, when (whatever it records)."""
+    """A one-line description of an evaluate report: model, data, split, when, whether it flipped (whatever it
+    records)."""
     bits = []
     for key in ("model", "model_name", "data", "dataset", "split", "created", "n_studies"):
         value = report.get(key)
@@ -203,6 +204,8 @@ def describe_report(report: Mapping[str, Any]) -> str:
             value = value.get("name")
         if value not in (None, "", [], {}):
             bits.append(f"{key.replace('_', ' ')}: {value}")
+    if report.get("tta"):
+        bits.append("scored with test-time flip")
     return "; ".join(bits) or "evaluation report"
 
 

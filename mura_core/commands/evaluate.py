@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--tolerance", type=float, default=None, help="pointing-game tolerance in pixels (15)")
     parser.add_argument("--aggregate", default="mean", choices=["mean", "max"])
-    parser.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with horizontally flipped images (default: the model's own, index.json "
+                             "default_tta; the report's tta says which)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--body-part", default=None,
                         help="ELBOW, FINGER, FOREARM, HAND, HUMERUS, SHOULDER or WRIST (picks the threshold; "
                              "default: from DICOM BodyPartExamined, else the default threshold)")
-    parser.add_argument("--tta", action="store_true", help="also score horizontally flipped images and average")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="also score horizontally flipped images and average (default: the model's own, "
+                             "index.json default_tta)")
     parser.add_argument("--aggregate", default="mean", choices=["mean", "max"],
                         help="study probability from the image probabilities (MURA: mean)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")

@@ -308,7 +308,7 @@ class _Scoring:
 
 
 def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any]], configs: Sequence[Any],
-                 methods: list[str], scoring: _Scoring, tolerance: float, tta: bool) -> None:
+                 methods: list[str], scoring: _Scoring, tolerance: float, tta: bool | None) -> None:
     """Score images with finding boxes and measure each method's heat-map peak against the boxes."""
     from mura_core.explain.localization import centre_hit, covered_fraction, energy_share, peak_distance
 
@@ -330,7 +330,7 @@ def _score_boxed(predictor: Any, rows: list[ImageRow], items: list[dict[str, Any
 
 
 def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batch_size: int = 16,
-               workers: int | None = None, tolerance: float = 15.0, tta: bool = False,
+               workers: int | None = None, tolerance: float = 15.0, tta: bool | None = None,
                progress: bool = True, on_progress: Any = None, bf16: bool = False) -> _Scoring:
     """Fill each row's probability (or error), decoding in a DataLoader; boxed images also get heat maps.
 
@@ -523,7 +523,7 @@ def evaluate_rows(
     out: str | Path | None = None,
     tolerance: float | None = None,
     aggregate: str = "mean",
-    tta: bool = False,
+    tta: bool | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     device: str = "auto",
@@ -546,6 +546,7 @@ def evaluate_rows(
         limit: evaluate only the first N studies of each source.
         tolerance: pointing-game tolerance in original-image pixels (default 15).
         aggregate: study probability rule, "mean" (MURA) or "max".
+        tta: score with test-time flip; None: the model's own (`Predictor.tta`; the report's "tta" says which).
         on_progress: called as on_progress(done, total) after each batch (e.g. a progress bar).
         bf16: score under bf16 autocast (scores only: needs cam None; the report's "precision" says so).
     """
@@ -556,6 +557,7 @@ def evaluate_rows(
     tolerance = DEFAULT_TOLERANCE_PX if tolerance is None else float(tolerance)
     if predictor is None:
         predictor = Predictor.from_weights(weights, device=device, weights_dir=weights_dir)
+    tta = predictor.resolve_tta(tta)
     methods = _methods(predictor, cam)
     index, rows, sources = _open_sources(data, split, limit)
     scoring = score_rows(predictor, rows, methods, batch_size=batch_size, workers=workers, tolerance=tolerance,

@@ -49,6 +49,7 @@ from mura_core.training.distributed import Dist, barrier, init_distributed
 
 __all__ = [
     "BF16_MARK",
+    "FLIP_MARK",
     "BF16_TOLERANCE",
     "COLUMNS",
     "ScopeCheck",
@@ -275,9 +276,14 @@ BF16_MARK = " (bf16)"
 """Ends the ``model`` column of rows whose scores came from bf16."""
 
 
+FLIP_MARK = " (flip)"
+"""Marks the ``model`` column of rows scored with the model's own test-time flip (`Predictor.tta`)."""
+
+
 def _model_label(predictor: Any, bf16: bool) -> str:
-    """The worklist's ``model`` column: the predictor's name, with `BF16_MARK` when its scores came from bf16."""
-    return predictor.name + (BF16_MARK if bf16 else "")
+    """The worklist's ``model`` column: the predictor's name, with `FLIP_MARK` when it scores with test-time flip
+    and `BF16_MARK` when its scores came from bf16."""
+    return predictor.name + (FLIP_MARK if getattr(predictor, "tta", False) else "") + (BF16_MARK if bf16 else "")
 
 
 def _bf16_agrees(predictor: Any, inputs: dict[Any, Any], prob: np.ndarray, features: Any

@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from mura_core.explain.rollout import attention_rollout, has_attention
+from mura_core.models.devices import forward_chunks
 
 __all__ = [
     "CAM_METHODS",
@@ -88,6 +89,7 @@ __all__ = [
     "default_method",
     "explain_batch",
     "explain_many",
+    "explain_with_flip",
     "fusion_layers",
     "heatmap_peak",
     "model_lock",
@@ -443,21 +445,22 @@ def scaled_side(side: int, factor: float) -> int:
 
 
 def _multiscale_cam(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, target: str
-                    ) -> tuple[np.ndarray, torch.Tensor]:
+                    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """``cam-ms``: classic CAM of the inputs at every `MULTISCALE_FACTORS` scale and of their mirror
     images, each min-maxed at the input size (mirrored maps flipped back), averaged and min-maxed again.
 
-    The first pass is the plain inputs in one forward over every row: its logits are returned, and a caller's
-    feature hook (`explain.features.capture_pooled`, the scope check) sees every row. On the CPU the other
-    passes run one row per forward (batched 320-448 px forwards were cache-bound there, 2-4x slower); on a
-    GPU each pass is one forward. Returns (maps (N, S, S), the logits of the unscaled, unmirrored inputs)."""
+    The first pass is the plain inputs: its logits are returned, and a caller's feature hook
+    (`explain.features.capture_pooled`, the scope check) sees its rows first. On the CPU every pass runs one row
+    per forward (batched 320-544 px forwards were cache-bound there, 2-4x slower); on a GPU each pass is one
+    forward. Returns (maps (N, S, S), the logits of the unscaled inputs, the logits of their
+    unscaled mirror images): the second pass is the test-time flip's forward (`explain_with_flip`)."""
     feature_layer, weight = arch_spec.classic_cam(model)
     n = int(inputs.shape[0])
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     total = np.zeros((n, *size), dtype=np.float64)
-    logits: torch.Tensor | None = None
+    logits: list[torch.Tensor] = []
     for index, (rows, mirrored) in enumerate(_multiscale_passes(inputs)):
-        step = n if index == 0 or rows.device.type != "cpu" else 1
+        step = n if rows.device.type != "cpu" else 1
         acts, raw = [], []
         for start in range(0, n, step):
             part_acts, _, part_logits = _forward_capture(model, feature_layer, rows[start:start + step], target,
@@ -466,9 +469,9 @@ def _multiscale_cam(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, targ
             raw.append(part_logits)
         maps = _to_input_size(_classic_raw(np.concatenate(acts), weight, target), size)
         total += maps[:, :, ::-1] if mirrored else maps
-        if logits is None:
-            logits = torch.cat(raw)
-    return normalise_map(total), logits
+        if index < 2:  # the unscaled inputs, then their mirror images
+            logits.append(torch.cat(raw))
+    return normalise_map(total), logits[0], logits[1]
 
 
 def _multiscale_passes(inputs: torch.Tensor) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -630,6 +633,56 @@ def _logits_np(logits: torch.Tensor) -> np.ndarray:
     return logits.float().reshape(-1).cpu().numpy()
 
 
+def _checked_methods(model: nn.Module, arch_spec: Any, methods: Sequence[str], target: str) -> list[str]:
+    """`methods` without repeats, each known and available for the model; ExplainError otherwise."""
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ExplainError("no heat-map method given")
+    for method in methods:
+        _check(method, target)
+        if (method in (*CLASSIC_METHODS, "ablationcam", *ATTENTION_METHODS)
+                and not supports_method(model, arch_spec, method)):
+            raise ExplainError(f"{method} is not available for {arch_spec.name} "
+                               + _UNSUPPORTED_WHY.get(method, "(no attention layers)"))
+    return methods
+
+
+def explain_with_flip(
+    model: nn.Module,
+    arch_spec: Any,
+    inputs: torch.Tensor,
+    methods: Sequence[str],
+    target: str = "abnormal",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Test-time flip: heat maps averaged over each input and its mirror image, and the logits of both.
+
+    A mirror-averaged method (`MULTISCALE_METHODS`: ``cam-ms``) runs on the inputs alone: it already forwards
+    their mirror images, whose logits are the flip's, and its map of a mirrored input is its map of the input
+    mirrored. Every other method runs on the inputs and their mirror images stacked (2N rows, `explain_many`),
+    and each pair of maps is averaged after the mirrored one is flipped back. So the flip adds no forward to a
+    ``cam-ms`` study, and doubles the rows of any other.
+
+    Returns:
+        ({method: heatmaps float32 (N, S, S) in 0..1}, logits float32 (2N,): the inputs', then their mirrors').
+    """
+    methods = _checked_methods(model, arch_spec, methods, target)
+    n = int(inputs.shape[0])
+    out: dict[str, np.ndarray] = {}
+    logits: np.ndarray | None = None
+    others = [m for m in methods if m not in MULTISCALE_METHODS]
+    if others:
+        stacked = torch.cat([inputs, torch.flip(inputs, dims=[-1])])
+        maps, logits = explain_many(model, arch_spec, stacked, others, target)
+        out.update({m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in maps.items()})
+    for method in (m for m in methods if m in MULTISCALE_METHODS):
+        with model_lock(model):
+            out[method], plain, mirrored = _multiscale_cam(model, arch_spec, inputs, target)
+        if logits is None:
+            logits = np.concatenate([_logits_np(plain), _logits_np(mirrored)])
+    assert logits is not None
+    return {m: out[m] for m in methods}, logits
+
+
 def explain_many(
     model: nn.Module,
     arch_spec: Any,
@@ -643,20 +696,18 @@ def explain_many(
     explained by cam, gradcam, hirescam, gradcam++, xgradcam, layercam and eigencam costs one forward.
     Classic CAM joins that pass when its feature layer is the target layer (all registered CNNs);
     ``cam-ms`` runs its own forwards (per scale; per row on the CPU) and slow methods run on their own. The maps equal
-    those of `explain_batch` per method.
+    those of `explain_batch` per method. On the CPU the rows go a few at a time (`models.devices.forward_chunks`:
+    large batches are slower there), except for slow methods, which batch on their own.
 
     Returns:
         ({method: heatmaps float32 (N, S, S) in 0..1}, logits float32 (N,)).
     """
-    methods = list(dict.fromkeys(methods))
-    if not methods:
-        raise ExplainError("no heat-map method given")
-    for method in methods:
-        _check(method, target)
-        if (method in (*CLASSIC_METHODS, "ablationcam", *ATTENTION_METHODS)
-                and not supports_method(model, arch_spec, method)):
-            raise ExplainError(f"{method} is not available for {arch_spec.name} "
-                               + _UNSUPPORTED_WHY.get(method, "(no attention layers)"))
+    methods = _checked_methods(model, arch_spec, methods, target)
+    chunks = forward_chunks(inputs)
+    if len(chunks) > 1 and not any(m in SLOW_METHODS for m in methods):
+        parts = [explain_many(model, arch_spec, chunk, methods, target) for chunk in chunks]
+        return ({m: np.concatenate([maps[m] for maps, _ in parts]) for m in methods},
+                np.concatenate([logits for _, logits in parts]))
     size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
     out: dict[str, np.ndarray] = {}
     logits: np.ndarray | None = None
@@ -682,7 +733,7 @@ def explain_many(
                        else _weighted_maps(method, acts, grads))
                 out[method] = _to_input_size(raw, size)
         for method in (m for m in methods if m in MULTISCALE_METHODS):
-            out[method], raw_logits = _multiscale_cam(model, arch_spec, inputs, target)
+            out[method], raw_logits, _ = _multiscale_cam(model, arch_spec, inputs, target)
             logits = _logits_np(raw_logits)
         for method in (m for m in methods if m in MULTILAYER_METHODS):
             maps, raw_logits = _library_fused(model, arch_spec, inputs, method, target)

@@ -23,17 +23,20 @@ __all__ = ["capture_pooled", "pooled_features", "predictor_features"]
 
 
 @contextmanager
-def capture_pooled(model: torch.nn.Module, spec: Any) -> Iterator[list[np.ndarray]]:
-    """While open, the first forward of this thread through `model` leaves its (N, C) float32 pooled features
-    in the yielded list (later forwards, and other threads', are ignored). Hold `model_lock(model)` around it
-    when the model is shared."""
+def capture_pooled(model: torch.nn.Module, spec: Any, rows: int = 1) -> Iterator[list[np.ndarray]]:
+    """While open, this thread's forwards through `model` leave their float32 pooled features in the yielded list
+    until `rows` rows are captured (default: the first forward); on closing, the list holds one (N, C) array, the
+    captured forwards' rows in order (a batch the CPU scored in chunks, `models.devices.forward_chunks`, comes back
+    whole). Later forwards, and other threads', are ignored. Hold `model_lock(model)` around it when the model is
+    shared."""
     layer = spec.cam_target_layer(model)
     reshape = getattr(spec, "reshape_transform", None)
     owner = threading.get_ident()
     found: list[np.ndarray] = []
 
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        if found or threading.get_ident() != owner or not isinstance(output, torch.Tensor):
+        if (sum(len(f) for f in found) >= rows or threading.get_ident() != owner
+                or not isinstance(output, torch.Tensor)):
             return
         with torch.no_grad():
             maps = output.detach()
@@ -45,6 +48,8 @@ def capture_pooled(model: torch.nn.Module, spec: Any) -> Iterator[list[np.ndarra
         yield found
     finally:
         handle.remove()
+        if len(found) > 1:
+            found[:] = [np.concatenate(found)]
 
 
 def pooled_features(model: torch.nn.Module, spec: Any, config: PreprocessConfig, images: Sequence[np.ndarray], *,

@@ -9,8 +9,11 @@ as an option); the study is abnormal when ``probability >= threshold`` where the
 model card's ``thresholds[body_part]``, else ``thresholds["default"]``. Views that cannot be decoded get
 an error (the `DecodeError` reason) and the rest of the study is still scored.
 
-Test-time augmentation (``tta=True``): each view is also scored horizontally flipped, in the same
-batch; probabilities are averaged, and heat maps are averaged after flipping the flipped map back.
+Test-time augmentation (``tta=True``): each view is also scored horizontally flipped; probabilities are
+averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`: ``cam-ms``
+already forwards the mirror images, so there the flip costs no extra forward). ``tta=None`` (every method's
+default) means the model's own choice, `Predictor.tta`: on for an index entry listed in ``"default_tta"``
+(the shipped default ensemble), so the viewer, the worklist and `evaluate` score it the same way.
 
 Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabilities are the mean of
 the members' probabilities. Heat maps are AVERAGED across the map members after each member's map is
@@ -57,14 +60,14 @@ import torch
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
 from mura_core.models.weights import (
-    default_cam_for, default_name, ensemble_maps_from, ensemble_thresholds, list_ensembles, load_weights,
-    weights_folder,
+    default_cam_for, default_name, default_tta_for, ensemble_maps_from, ensemble_thresholds, list_ensembles,
+    load_weights, weights_folder,
 )
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
-from mura_core.models.devices import pick_device
+from mura_core.models.devices import forward_chunks, pick_device
 from mura_core.explain.cams import (
     CAM_METHODS, DEFAULT_CAM, FALLBACK_CAM, MULTILAYER_METHODS, SLOW_METHODS, TARGETS, ExplainError, default_method,
-    explain_many, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
+    explain_many, explain_with_flip, heatmap_peak, model_lock, normalise_map, resize_heatmap, supports_method,
 )
 from mura_core.explain.features import capture_pooled
 from mura_core.explain.quantize import DEFAULT_MAX_DELTA
@@ -196,12 +199,14 @@ class Predictor:
             scores always average every member.
         default_cam: the heat-map method "auto" stands for when every map member supports it (the index's
             "default_cam" for indexed weights); otherwise each member's `explain.default_method`.
+        tta: the model's own test-time flip, applied wherever a call leaves ``tta=None`` (the index's
+            "default_tta" for indexed weights).
     """
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
                  name: str | None = None, thresholds: Mapping[str, float] | None = None,
                  maps_from: Sequence[str] | None = None, default_cam: str | None = None,
-                 thresholds_source: str | None = None) -> None:
+                 thresholds_source: str | None = None, tta: bool = False) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
             raise ValueError("Predictor needs at least one model")
@@ -225,6 +230,8 @@ class Predictor:
         self.preferred_cam = default_cam if default_cam is not None and all(
             supports_method(m.model, m.spec, default_cam) for m in self.map_members) else None
         """The model's own default method when every map member supports it (None: the library's rule)."""
+        self.tta = bool(tta)
+        """The model's own test-time flip: what ``tta=None`` means in every scoring call."""
         self.int8: list[Any] | None = None
         """The members' `explain.quantize.Int8Scorer`s once `enable_int8` ran (scores only), else None."""
 
@@ -251,14 +258,16 @@ class Predictor:
     def from_index(cls, name: str, loaded: Sequence[LoadedModel], *, device: str | torch.device = "auto",
                    weights_dir: str | Path | None = None) -> "Predictor":
         """A Predictor for indexed weights `name` already loaded (one checkpoint, or an ensemble's members), with
-        what the index says about its maps: the members that give them and the default method."""
+        what the index says about its maps (the members that give them, the default method), its thresholds and its
+        test-time flip."""
         folder = weights_folder(weights_dir)
         ensemble = len(loaded) > 1
         own = ensemble_thresholds(str(name), folder) if ensemble else None
         return cls(list(loaded) if ensemble else loaded[0], device=device, name=str(name),
                    maps_from=ensemble_maps_from(str(name), folder) if ensemble else None,
                    default_cam=default_cam_for(str(name), folder), thresholds=own,
-                   thresholds_source=ENSEMBLE_THRESHOLDS_SOURCE if own else None)
+                   thresholds_source=ENSEMBLE_THRESHOLDS_SOURCE if own else None,
+                   tta=default_tta_for(str(name), folder))
 
     @property
     def card(self) -> Any:
@@ -322,6 +331,10 @@ class Predictor:
                 out.append(m.config)
         return out
 
+    def resolve_tta(self, tta: bool | None) -> bool:
+        """A call's test-time flip: `tta` itself, or the model's own (`Predictor.tta`) for None."""
+        return self.tta if tta is None else bool(tta)
+
     def resolve_cam(self, cam: str | None) -> str | None:
         """The method name `cam` stands for: "auto" -> the default shared by every member ("auto" kept
         when an ensemble's members differ, each then using its own default); None stays None."""
@@ -383,18 +396,18 @@ class Predictor:
                 for config in self.input_configs}
 
     def run_batches(self, batches: Mapping[PreprocessConfig, torch.Tensor], *, cam: str | None = None,
-                    target: str = "abnormal", tta: bool = False
+                    target: str = "abnormal", tta: bool | None = None
                     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Probabilities (N,) and, with `cam`, each map member's heat maps (N, S_m, S_m) at its input size.
 
-        One forward per member over the whole batch (2N rows with `tta`); heat maps come from that
-        same forward.
+        One forward per member over the whole batch (2N rows with the flip, where ``cam-ms`` does not already
+        forward the mirror images); heat maps come from that same forward.
         """
         prob, maps = self.run_batches_many(batches, [cam] if cam is not None else [], target=target, tta=tta)
         return prob, (maps[cam] if cam is not None else None)
 
     def run_batches_many(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *,
-                         target: str = "abnormal", tta: bool = False
+                         target: str = "abnormal", tta: bool | None = None
                          ) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
         """Probabilities (N,) and {method: each map member's heat maps} from one forward per member
         (`map_members`; the other members give scores only).
@@ -406,51 +419,51 @@ class Predictor:
         return prob, maps
 
     def _run(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str], *,
-             target: str, tta: bool) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
+             target: str, tta: bool | None) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
         """`run_batches_many` plus the first member's pooled features when the int8 copies gave them (the
         float path leaves them to `capture_pooled`)."""
         if target not in TARGETS:
             raise ExplainError(f"unknown target {target!r}; choose 'abnormal' or 'normal'")
         methods = list(dict.fromkeys(methods))
+        tta = self.resolve_tta(tta)
         probs: list[np.ndarray] = []
         maps: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         int8_features = None
         for k, member in enumerate(self.members):
             x = batches[member.config].to(self.device, dtype=torch.float32)
             n = x.shape[0]
-            if tta:
-                x = torch.cat([x, torch.flip(x, dims=[-1])])
+            member_maps: dict[str, np.ndarray] = {}
             if not methods or k not in self.map_indexes:
-                logits, pooled = self._scores_forward(k, x)
+                logits, pooled = self._scores_forward(k, torch.cat([x, torch.flip(x, dims=[-1])]) if tta else x)
                 int8_features = pooled[:n] if k == 0 and pooled is not None else int8_features
-                member_maps: dict[str, np.ndarray] = {}
             else:
                 resolved = {m: self._method_for(member, m) for m in methods}
-                by_name, logits = explain_many(member.model, member.spec, x, list(resolved.values()), target)
+                explain = explain_with_flip if tta else explain_many
+                by_name, logits = explain(member.model, member.spec, x, list(resolved.values()), target)
                 member_maps = {m: by_name[resolved[m]] for m in methods}
             p = member.probabilities(logits)
-            if tta:
-                p = (p[:n] + p[n:]) / 2.0
-                member_maps = {m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in member_maps.items()}
-            probs.append(p)
+            probs.append((p[:n] + p[n:]) / 2.0 if tta else p)
             for m in member_maps:
                 maps[m].append(member_maps[m])
         return np.mean(probs, axis=0), maps, int8_features
 
     def _scores_forward(self, k: int, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Member `k`'s scores-only forward: raw logits (rows,) and, from its int8 copy (`enable_int8`), the
-        pooled features (rows, C) that copy returns; None from the float model (hooks take them there)."""
+        """Member `k`'s scores-only forwards (a few rows each on the CPU, `models.devices.forward_chunks`): raw
+        logits (rows,) and, from its int8 copy (`enable_int8`), the pooled features (rows, C) that copy returns;
+        None from the float model (hooks take them there)."""
         if self.int8 is not None:
             scorer = self.int8[k]
             with model_lock(scorer), torch.inference_mode():
-                logits, pooled = scorer(x)
-            return logits.reshape(-1).numpy(), pooled.numpy().astype(np.float32)
+                parts = [scorer(chunk) for chunk in forward_chunks(x)]
+            return (torch.cat([logits.reshape(-1) for logits, _ in parts]).numpy(),
+                    torch.cat([pooled for _, pooled in parts]).numpy().astype(np.float32))
         model = self.members[k].model
         with model_lock(model), torch.inference_mode():
-            return model(x).float().reshape(-1).cpu().numpy(), None
+            logits = [model(chunk).float().reshape(-1) for chunk in forward_chunks(x)]
+        return torch.cat(logits).cpu().numpy(), None
 
     def run_batches_features(self, batches: Mapping[PreprocessConfig, torch.Tensor], methods: Sequence[str] = (),
-                             *, target: str = "abnormal", tta: bool = False
+                             *, target: str = "abnormal", tta: bool | None = None
                              ) -> tuple[np.ndarray, dict[str, list[np.ndarray]], np.ndarray | None]:
         """`run_batches_many` plus the first member's (N, C) pooled features taken from that same forward
         (`explain.features.capture_pooled`): the scope and body-part heads need no second forward. Features are
@@ -460,7 +473,8 @@ class Predictor:
             return self._run(batches, methods, target=target, tta=tta)
         if methods and all(m in SLOW_METHODS for m in methods):
             return (*self.run_batches_many(batches, methods, target=target, tta=tta), None)
-        with model_lock(member.model), capture_pooled(member.model, member.spec) as found:
+        rows = len(batches[member.config])
+        with model_lock(member.model), capture_pooled(member.model, member.spec, rows=rows) as found:
             prob, maps = self.run_batches_many(batches, methods, target=target, tta=tta)
         n = len(prob)
         features = found[0][:n] if found and len(found[0]) >= n else None  # with tta: the unflipped rows
@@ -475,7 +489,7 @@ class Predictor:
         return normalise_map(np.mean(resized, axis=0))
 
     def predict_images(self, images: Sequence[np.ndarray], *, cam: str | None = None,
-                       target: str = "abnormal", tta: bool = False
+                       target: str = "abnormal", tta: bool | None = None
                        ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Probabilities (N,) and heat maps at each image's own size (or None) for decoded 2-D images."""
         prob, heatmaps, _ = self._score_images(images, cam=cam, target=target, tta=tta)
@@ -489,7 +503,7 @@ class Predictor:
         methods = {self._method_for(m, cam) for m in self.map_members} if cam is not None else set()
         return 1 if self.device.type == "cpu" and methods & MULTILAYER_METHODS else max(1, count)
 
-    def _score_images(self, images: Sequence[np.ndarray], *, cam: str | None, target: str, tta: bool
+    def _score_images(self, images: Sequence[np.ndarray], *, cam: str | None, target: str, tta: bool | None
                       ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
         """`predict_images` plus the pooled features of the same forward (None when it has none), in chunks of
         `chunk_size` images."""
@@ -518,7 +532,7 @@ class Predictor:
         body_part: BodyPart | str | None = None,
         cam: str | None = None,
         target: str = "abnormal",
-        tta: bool = False,
+        tta: bool | None = None,
         aggregate: str = "mean",
         window: tuple[float, float] | None = None,
     ) -> StudyResult:
@@ -531,7 +545,7 @@ class Predictor:
             cam: a method from `explain.CAM_METHODS`, ``"auto"`` for the model's default, or None
                 for scores only (fastest).
             target: ``"abnormal"`` or ``"normal"``: which decision the heat maps explain.
-            tta: also score horizontally flipped views and average.
+            tta: also score horizontally flipped views and average; None: the model's own (`Predictor.tta`).
             aggregate: ``"mean"`` (MURA) or ``"max"`` of the view probabilities.
             window: DICOM (center, width) for DISPLAY only (`ViewResult.image`); the model always sees
                 the file's own window (or VOI LUT), so window/level never changes a score.
@@ -562,7 +576,7 @@ class Predictor:
             probability=probability, threshold=threshold,
             abnormal=None if probability is None else bool(probability >= threshold),
             body_part=part.value, aggregate=aggregate, views=results, driving_view=driving,
-            model_name=self.name, cam=self.resolve_cam(cam), target=target, tta=tta,
+            model_name=self.name, cam=self.resolve_cam(cam), target=target, tta=self.resolve_tta(tta),
             threshold_reason=self.threshold_reason(part))
 
 

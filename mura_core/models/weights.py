@@ -26,6 +26,7 @@ __all__ = [
     "WEIGHTS_DIR",
     "default_cam_for",
     "default_name",
+    "default_tta_for",
     "ensemble_maps_from",
     "ensemble_thresholds",
     "list_ensembles",
@@ -159,6 +160,13 @@ def default_cam_for(name: str | None, weights_dir: str | Path | None = None) -> 
     by its pointing game on the valid splits; None: the library default (`explain.cams.DEFAULT_CAM`)."""
     chosen = read_index(weights_folder(weights_dir)).get("default_cam", {}).get(str(name)) if name else None
     return str(chosen) if chosen else None
+
+
+def default_tta_for(name: str | None, weights_dir: str | Path | None = None) -> bool:
+    """Whether the index has a model or ensemble score with test-time flip by default (key ``"default_tta"``),
+    chosen on its valid splits; False when the index says nothing."""
+    chosen = read_index(weights_folder(weights_dir)).get("default_tta", {}).get(str(name)) if name else None
+    return bool(chosen)
 
 
 def default_name(weights_dir: str | Path | None = None) -> str | None:

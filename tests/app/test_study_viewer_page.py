@@ -237,3 +237,27 @@ def test_slow_maps_are_laid_into_a_copy_of_the_study():
     assert out.views[1].heatmap is None and result.views[0].heatmap is None       # the cached result untouched
     assert out.cam == "scorecam" and result.cam is None and with_slow_maps(result, {}, "scorecam").cam is None
     assert [format_seconds(s) for s in (0.2, 42.4, 250)] == ["under 1 s", "42 s", "4 min"]
+
+
+def test_flip_switch_starts_at_the_models_own_default(tmp_path: Path, monkeypatch):
+    """A model whose index entry scores with test-time flip starts the viewer's switch on; the reader's choice then
+    stays while that model stays selected, and the caption says which way the study was scored."""
+    import json
+
+    import cv2
+
+    from fixtures.app import TINY_NAME
+
+    weights = build_tiny_weights(tmp_path / "weights")
+    index = json.loads((weights / "index.json").read_text())
+    index["default_tta"] = {TINY_NAME: True}
+    (weights / "index.json").write_text(json.dumps(index))
+    at = open_page(weights, monkeypatch, "pages/study_viewer.py")
+    assert at.checkbox(key="viewer_tta").value is True
+    image = (60 + 80 * np.random.default_rng(3).random((70, 90))).astype(np.uint8)
+    at = _upload(at, [("view.png", cv2.imencode(".png", image)[1].tobytes())])
+    assert not at.exception and not at.error
+    assert any("with test-time flip" in c.value for c in at.caption)
+    at.checkbox(key="viewer_tta").uncheck().run()
+    assert at.checkbox(key="viewer_tta").value is False
+    assert not any("with test-time flip" in c.value for c in at.caption)

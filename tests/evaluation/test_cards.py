@@ -35,3 +35,18 @@ def test_an_ensemble_card_says_whose_heat_maps_it_shows(tmp_path: Path) -> None:
     text = card_text("pair", folder)
     assert "Heat maps come from b only" in text and "heat maps are averaged" not in text.lower()
     assert "Heat maps are averaged" in card_text("pair", ensemble_default_folder(tmp_path / "all"))
+
+
+def test_a_model_that_flips_by_default_says_so_and_its_report_was_scored_that_way(tmp_path: Path) -> None:
+    import json
+
+    from mura_core.explain.predictor import Predictor
+
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data, default_tta={"pair": True})
+    assert Predictor.from_weights("pair", device="cpu", weights_dir=folder).tta
+    assert json.loads((folder / "pair.report" / "report.json").read_text())["tta"] is True
+    assert "**Test-time flip**: on by default" in card_text("pair", folder)
+    plain = ensemble_default_folder(tmp_path / "plain", data)
+    assert "Test-time flip" not in card_text("pair", plain)
+    assert json.loads((plain / "pair.report" / "report.json").read_text())["tta"] is False

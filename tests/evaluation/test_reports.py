@@ -53,7 +53,8 @@ def test_find_and_load_reports(tmp_path: Path):
     report, preds = load_report(refs[1])
     assert thresholds_of(report) == {"default": 0.4, "WRIST": 0.6}
     assert preds[0].probability == pytest.approx(0.7)
-    assert "split: valid" in describe_report(report)
+    assert "split: valid" in describe_report(report) and "flip" not in describe_report(report)
+    assert describe_report({**report, "tta": True}).endswith("scored with test-time flip")
     assert find_reports([tmp_path / "missing"]) == []
     (rep / "study_predictions.csv").write_text("study,body_part,label,probability,level\ns1,WRIST,1,0.9,study\n")
     ref = find_reports([tmp_path])[1]

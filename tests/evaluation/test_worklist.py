@@ -172,3 +172,21 @@ def test_a_pipe_in_a_plain_folder_is_refused_by_name(tmp_path: Path, predictor: 
     rows = {r.study: r for r in result.rows}
     assert rows["s1"].scored == 1 and "pipe.png: not a regular file" in rows["s1"].unreadable
     assert rows["s2"].decision == "not scored" and "s2/empty.jpg: empty file" in rows["s2"].unreadable
+
+
+def test_a_model_that_flips_by_default_is_scored_as_the_viewer_scores_it(mura: Path, weights: Path, tmp_path: Path):
+    """The worklist uses the model's own test-time flip, like the viewer, and its model column says so."""
+    flipping = Predictor.from_weights("other", device="cpu", weights_dir=weights)
+    flipping.tta = True
+    wl.score_worklist(mura, predictor=flipping, out=tmp_path / "out", workers=0, batch_size=4, amp=False,
+                      progress=False)
+    rows = [r for r in _csv(tmp_path / "out" / "worklist.csv") if r["probability"]]
+    assert rows and all(r["model"] == "other" + wl.FLIP_MARK for r in rows)
+    moved = []
+    for study in open_dataset(mura).studies:
+        row = next((r for r in rows if r["study"] == study.study_id), None)
+        if row is not None:
+            flipped = flipping.predict_study(study)
+            assert flipped.tta and float(row["probability"]) == pytest.approx(flipped.probability, abs=1e-5)
+            moved.append(abs(flipped.probability - flipping.predict_study(study, tta=False).probability))
+    assert max(moved) > 1e-4  # the flip changed scores: the worklist did not score without it

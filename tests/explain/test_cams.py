@@ -364,8 +364,7 @@ def test_explain_many_equals_one_by_one(trained_toy):
 
 def test_multiscale_cam_is_the_mean_of_scaled_and_mirrored_classic_cams(trained_toy):
     """cam-ms = min-max(mean over scales and mirrors of each pass's classic CAM at the input size, mirrored maps
-    flipped back); its logits are the plain forward's; the plain inputs go in one forward, on the CPU every other
-    pass one row per forward."""
+    flipped back); its logits are the plain forward's; on the CPU every pass runs one row per forward."""
     gen = torch.Generator().manual_seed(21)
     x, _, _ = _square_batch(3, gen)
     expected = np.zeros((3, SIZE, SIZE))
@@ -385,7 +384,7 @@ def test_multiscale_cam_is_the_mean_of_scaled_and_mirrored_classic_cams(trained_
     np.testing.assert_allclose(maps, E.normalise_map(expected), atol=1e-4)
     with torch.inference_mode():
         np.testing.assert_allclose(logits, trained_toy(x)[:, 0].numpy(), atol=1e-5)
-    assert len(calls) == 1 + (2 * len(E.MULTISCALE_FACTORS) - 1) * len(x) and len(E.MULTISCALE_FACTORS) > 1
+    assert len(calls) == 2 * len(E.MULTISCALE_FACTORS) * len(x) and len(E.MULTISCALE_FACTORS) > 1
     assert _hooks(trained_toy) == 0
     assert maps.shape == (3, SIZE, SIZE) and maps.max() == pytest.approx(1.0)
 
@@ -403,3 +402,59 @@ def test_explain_many_counts_one_forward(trained_toy):
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+def test_explain_many_forwards_a_few_rows_at_a_time_on_the_cpu(trained_toy):
+    """Five rows on the CPU go in forwards of at most `CPU_FORWARD_ROWS` (large batches are slower there), and
+    the maps and logits equal those of each row explained alone."""
+    from mura_core.models.devices import CPU_FORWARD_ROWS
+
+    x, _, _ = _square_batch(5, torch.Generator().manual_seed(41))
+    rows: list[int] = []
+    handle = trained_toy.register_forward_pre_hook(lambda _m, args: rows.append(int(args[0].shape[0])))
+    try:
+        maps, logits = E.explain_many(trained_toy, TOY_SPEC, x, ["cam", "gradcam"])
+    finally:
+        handle.remove()
+    assert sum(rows) == 5 and max(rows) == CPU_FORWARD_ROWS < 5
+    for i in range(5):
+        alone, alone_logits = E.explain_many(trained_toy, TOY_SPEC, x[i:i + 1], ["cam", "gradcam"])
+        np.testing.assert_allclose(maps["gradcam"][i], alone["gradcam"][0], atol=1e-5)
+        np.testing.assert_allclose(maps["cam"][i], alone["cam"][0], atol=1e-5)
+        np.testing.assert_allclose(logits[i], alone_logits[0], atol=1e-5)
+
+
+def test_flip_reuses_the_multiscale_mirror_pass(trained_toy):
+    """With cam-ms the test-time flip costs no forward: the map is cam-ms's own and the logits are those of the
+    inputs, then of their mirror images, from cam-ms's own passes."""
+    gen = torch.Generator().manual_seed(31)
+    x, _, _ = _square_batch(3, gen)
+    expected, _ = E.explain_batch(trained_toy, TOY_SPEC, x, "cam-ms")
+    calls = []
+    handle = trained_toy.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        maps, logits = E.explain_with_flip(trained_toy, TOY_SPEC, x, ["cam-ms"])
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * len(E.MULTISCALE_FACTORS) * len(x)  # cam-ms's own forwards, one row each
+    np.testing.assert_allclose(maps["cam-ms"], expected, atol=1e-6)
+    with torch.inference_mode():
+        both = trained_toy(torch.cat([x, torch.flip(x, dims=[-1])]))[:, 0].numpy()
+    np.testing.assert_allclose(logits, both, atol=1e-5)
+    assert _hooks(trained_toy) == 0
+
+
+def test_flip_averages_other_maps_with_the_mirror_image(trained_toy):
+    """Methods that do not already look at the mirror image run on inputs and mirrors stacked; each pair of maps
+    is averaged with the mirrored one flipped back. Asked together with cam-ms, the logits come from that pass."""
+    gen = torch.Generator().manual_seed(32)
+    x, _, _ = _square_batch(3, gen)
+    stacked = torch.cat([x, torch.flip(x, dims=[-1])])
+    pair, pair_logits = E.explain_batch(trained_toy, TOY_SPEC, stacked, "gradcam")
+    maps, logits = E.explain_with_flip(trained_toy, TOY_SPEC, x, ["gradcam", "cam-ms"])
+    assert list(maps) == ["gradcam", "cam-ms"]
+    np.testing.assert_allclose(maps["gradcam"], E.normalise_map((pair[:3] + pair[3:, :, ::-1]) / 2.0), atol=1e-5)
+    np.testing.assert_allclose(maps["cam-ms"], E.explain_batch(trained_toy, TOY_SPEC, x, "cam-ms")[0], atol=1e-6)
+    np.testing.assert_allclose(logits, pair_logits, atol=1e-5)
+    with pytest.raises(E.ExplainError):
+        E.explain_with_flip(trained_toy, TOY_SPEC, x, [])

@@ -141,6 +141,27 @@ def test_tta_averages_original_and_flipped(predictor, images):
     assert all(v.heatmap.shape == v.image.shape for v in with_maps.views)
 
 
+def test_the_models_own_flip_applies_unless_a_call_says_otherwise(ckpt_dir, images):
+    """`Predictor(tta=True)`: calls that leave tta None score with the flip, and cam-ms's map and scores equal
+    those of the flip done by hand (its mirror pass is the flip's forward)."""
+    flipping = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu", tta=True)
+    plain = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
+    assert flipping.resolve_tta(None) and not flipping.resolve_tta(False) and not plain.resolve_tta(None)
+    by_default = flipping.predict_study(_views(images))
+    explicit = plain.predict_study(_views(images), tta=True)
+    assert by_default.tta and explicit.tta and not plain.predict_study(_views(images)).tta
+    np.testing.assert_allclose([v.probability for v in by_default.views], [v.probability for v in explicit.views])
+    switched_off = flipping.predict_study(_views(images), tta=False)
+    assert not switched_off.tta
+    np.testing.assert_allclose([v.probability for v in switched_off.views],
+                               [v.probability for v in plain.predict_study(_views(images)).views])
+    with_map = flipping.predict_study(_views(images), cam="cam-ms")
+    np.testing.assert_allclose([v.probability for v in with_map.views], [v.probability for v in explicit.views],
+                               atol=1e-6)
+    for flipped, unflipped in zip(with_map.views, plain.predict_study(_views(images), cam="cam-ms").views):
+        np.testing.assert_allclose(flipped.heatmap, unflipped.heatmap, atol=1e-6)
+
+
 def test_default_cam_and_methods(ckpt_dir):
     mob = Predictor(load_checkpoint(ckpt_dir / "mob.pt"), device="cpu")
     shallow = Predictor(load_checkpoint(ckpt_dir / "shallow.pt"), device="cpu")

@@ -62,3 +62,11 @@ def test_bf16_autocast_turns_cpu_autocast_on_only_when_enabled():
     with devices.bf16_autocast("cpu"):
         assert layer(x).dtype == torch.bfloat16
     assert layer(x).dtype == torch.float32
+
+
+def test_forward_chunks_keep_cpu_forwards_small_and_the_rows_in_order():
+    rows = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)
+    chunks = devices.forward_chunks(rows)
+    assert max(len(c) for c in chunks) == devices.CPU_FORWARD_ROWS < len(rows)
+    assert torch.equal(torch.cat(chunks), rows)
+    assert len(devices.forward_chunks(rows[:1])) == 1 and devices.forward_chunks(rows[:0])[0].shape == (0, 3)
