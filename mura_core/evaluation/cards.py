@@ -65,7 +65,8 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              "**Licence of the data** (the members' training data): "
              + " ".join(dict.fromkeys(str(m.card.licence) for m in loaded)), "",
              "The validation split that the metrics below are on also chose each member's epoch, temperature and "
-             "thresholds, and this ensemble over its members: the figures are optimistic.", "",
+             "thresholds, and this ensemble over its members"
+             + (" and its test-time flip" if predictor.tta else "") + ": the figures are optimistic.", "",
              f"**Thresholds** ({predictor.thresholds_source}): "
              + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
              + ".", "",

@@ -1,8 +1,9 @@
 """Score a study: per-view abnormality probabilities, the study's decision and heat maps.
 
 `Predictor` holds one model (or an ensemble) on one device and scores the views of a study in ONE
-batched forward pass. With a heat-map method the same forward gives the scores (`explain.explain_batch`);
-without one the forward runs under `torch.inference_mode`.
+batched forward pass (on the CPU, forwards of at most `models.devices.CPU_FORWARD_ROWS` rows, which are faster
+there). With a heat-map method the same forward gives the scores (`explain.explain_batch`); without one the
+forward runs under `torch.inference_mode`.
 
 Decisions, as in MURA: the study probability is the mean of its views' probabilities (``aggregate="max"``
 as an option); the study is abnormal when ``probability >= threshold`` where the threshold is the
@@ -401,7 +402,8 @@ class Predictor:
         """Probabilities (N,) and, with `cam`, each map member's heat maps (N, S_m, S_m) at its input size.
 
         One forward per member over the whole batch (2N rows with the flip, where ``cam-ms`` does not already
-        forward the mirror images); heat maps come from that same forward.
+        forward the mirror images; on the CPU a few rows per forward, `models.devices.forward_chunks`); heat maps
+        come from that same forward.
         """
         prob, maps = self.run_batches_many(batches, [cam] if cam is not None else [], target=target, tta=tta)
         return prob, (maps[cam] if cam is not None else None)
