@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from mura_core.app import navigation, services
-from mura_core.app.views import DISCLAIMER, card_summary, ensemble_summary
+from mura_core.app.views import DISCLAIMER, card_summary, ensemble_summary, report_source
 from mura_core.evaluation import reports
 
 navigation.require_app_shell()
@@ -33,12 +33,12 @@ def model_in_use(name: str | None) -> None:
         ensemble = services.shipped_ensemble(name) if card is None else None
         if ensemble is not None:
             st.markdown(ensemble_summary(name, ensemble.members, ensemble.thresholds, figures,
-                                         f"evaluate report {source}", by_source, ensemble.maps_from))
+                                         report_source(source, report), by_source, ensemble.maps_from))
             return
         if card is None and not services.model_ready(name):
             st.caption(f"The card of {name} appears once the model is loaded.")
             return
-        st.markdown(card_summary(card or services.model_card(name), figures, f"evaluate report {source}",
+        st.markdown(card_summary(card or services.model_card(name), figures, report_source(source, report),
                                  by_source))
     except Exception as exc:  # shown as a message, never as a traceback
         st.error(f"The model {name!r} could not be loaded: {exc}")

@@ -46,6 +46,7 @@ __all__ = [
     "thumbnail",
     "view_panels",
     "card_summary",
+    "report_source",
     "meta_rows",
     "format_probability",
     "HEAT_SCALES",
@@ -295,6 +296,14 @@ def _training_sources(card: Any) -> list[str]:
         return [Path(str(d)).name for d in data if str(d).strip()]
     text = str(getattr(card, "training_data", "") or "").strip().rstrip(".")
     return [text] if text else []
+
+
+def report_source(folder: str, report: Mapping[str, Any] | None) -> str:
+    """How Home names the figures it quotes: the evaluate report's folder, and whether that report scored with the
+    model's test-time flip (the viewer and the worklist then score the same way)."""
+    flipped = bool(report and report.get("tta"))
+    return f"evaluate report {folder}" + ("; each view also scored mirrored (test-time flip), as the viewer does"
+                                          if flipped else "")
 
 
 def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card",

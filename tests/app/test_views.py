@@ -248,3 +248,11 @@ def test_card_summary_mentions_arch_metrics_threshold():
         recipe: dict = field(default_factory=lambda: {"data": ["../shared/data/FracAtlas", "/x/bone-fracture-xr"]})
 
     assert "Trained on: FracAtlas, bone-fracture-xr (data, counts" in card_summary(MultiSource())
+
+
+def test_report_source_says_when_the_figures_were_scored_with_the_flip():
+    from mura_core.app.views import report_source
+
+    assert report_source("weights/m.report", {"tta": False}) == "evaluate report weights/m.report"
+    assert report_source("weights/m.report", None) == "evaluate report weights/m.report"
+    assert "test-time flip" in report_source("weights/m.report", {"tta": True})
