@@ -234,7 +234,8 @@ def score_study(model: str, study: Study, *, cam: str | None, target: str = "abn
                 window: tuple[float, float] | None = None) -> tuple[Any, bool]:
     """Score a study (or fetch it from the cache): returns (StudyResult, came_from_cache). `tta` None: the
     model's own test-time flip."""
-    tta = get_predictor(model).resolve_tta(tta)
+    predictor = get_predictor(model)
+    tta = predictor.resolve_tta(tta)
     study, datas = _with_bytes(study)
     key = score_key(f"{weights_folder()}::{model}", datas, [v.name for v in study.views], body_part=study.body_part,
                     cam=cam, target=target, tta=tta, window=window)
@@ -242,7 +243,6 @@ def score_study(model: str, study: Study, *, cam: str | None, target: str = "abn
     hit = cache.get(key)
     if hit is not None:
         return hit, True
-    predictor = get_predictor(model)
     result = predictor.predict_study(study, body_part=study.body_part, cam=cam, target=target, tta=tta,
                                      window=window)
     cache.put(key, result)

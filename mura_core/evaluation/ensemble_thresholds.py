@@ -11,11 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mura_core.evaluation.metrics import fit_thresholds
-from mura_core.evaluation.reports import read_predictions
+from mura_core.evaluation.reports import STUDY_PREDICTIONS, read_predictions
 
 __all__ = ["CSV_HALF_STEP", "STUDY_PREDICTIONS", "fit_from_report"]
-
-STUDY_PREDICTIONS = "study_predictions.csv"
 
 CSV_HALF_STEP = 5e-7
 """Half the resolution of the report's probabilities (written with 6 decimals). A fitted threshold is a score in

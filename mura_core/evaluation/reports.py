@@ -29,6 +29,7 @@ from mura_core.models.weights import weights_folder
 
 __all__ = [
     "PREDICTION_FILES",
+    "STUDY_PREDICTIONS",
     "REPORT_NAME",
     "ReportRef",
     "StudyPrediction",
@@ -54,7 +55,9 @@ __all__ = [
 ]
 
 REPORT_NAME = "report.json"
-PREDICTION_FILES = ("study_predictions.csv", "predictions.csv")
+STUDY_PREDICTIONS = "study_predictions.csv"
+"""An evaluate run's per-study predictions (the study aggregate the viewer thresholds)."""
+PREDICTION_FILES = (STUDY_PREDICTIONS, "predictions.csv")
 """Prediction files of an evaluate run, preferred first (per-study rows carry the study aggregate)."""
 
 _IMAGE_COLUMNS = ["image", "study", "body_part", "label", "probability", "abnormal", "threshold", "split", "error",
@@ -140,7 +143,7 @@ def write_predictions(rows: Sequence[Any], thresholds: Mapping[str, float], out:
     optional).
     """
     out.mkdir(parents=True, exist_ok=True)
-    image_path, study_path = out / "predictions.csv", out / "study_predictions.csv"
+    image_path, study_path = out / "predictions.csv", out / STUDY_PREDICTIONS
     with image_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(_IMAGE_COLUMNS)

@@ -125,19 +125,25 @@ def list_ensembles(weights_dir: str | Path | None = None) -> dict[str, list[str]
     return {k: list(v) for k, v in read_index(weights_dir).get("ensembles", {}).items()}
 
 
+def _model_entry(key: str, name: str | None, weights_dir: str | Path | None) -> Any:
+    """What the index's per-model table `key` (e.g. ``"default_cam"``) says of model or ensemble `name`; None when
+    it says nothing (or no name is given)."""
+    return read_index(weights_folder(weights_dir)).get(key, {}).get(str(name)) if name else None
+
+
 def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list[str] | None:
     """The members whose heat maps an ensemble shows (index key ``"ensemble_maps_from"``), None for all.
 
     Scores average every member; the maps can come from the members that point at findings best, measured
     on the valid splits (an ensemble's averaged map is only as sharp as its coarsest member)."""
-    chosen = read_index(weights_folder(weights_dir)).get("ensemble_maps_from", {}).get(str(name))
+    chosen = _model_entry("ensemble_maps_from", name, weights_dir)
     return [str(m) for m in chosen] if chosen else None
 
 
 def ensemble_thresholds(name: str | None, weights_dir: str | Path | None = None) -> dict[str, float] | None:
     """An ensemble's own thresholds (index key ``"ensemble_thresholds"``, written by ``fit-thresholds`` from the
     ensemble's valid predictions); None: the members' thresholds averaged (`models.card.mean_thresholds`)."""
-    chosen = read_index(weights_folder(weights_dir)).get("ensemble_thresholds", {}).get(str(name)) if name else None
+    chosen = _model_entry("ensemble_thresholds", name, weights_dir)
     return {str(k): float(v) for k, v in chosen.items()} if chosen else None
 
 
@@ -158,15 +164,14 @@ def set_ensemble_thresholds(name: str, thresholds: Mapping[str, float],
 def default_cam_for(name: str | None, weights_dir: str | Path | None = None) -> str | None:
     """The heat-map method the index names as a model's or ensemble's default (key ``"default_cam"``), chosen
     by its pointing game on the valid splits; None: the library default (`explain.cams.DEFAULT_CAM`)."""
-    chosen = read_index(weights_folder(weights_dir)).get("default_cam", {}).get(str(name)) if name else None
+    chosen = _model_entry("default_cam", name, weights_dir)
     return str(chosen) if chosen else None
 
 
 def default_tta_for(name: str | None, weights_dir: str | Path | None = None) -> bool:
     """Whether the index has a model or ensemble score with test-time flip by default (key ``"default_tta"``),
     chosen on its valid splits; False when the index says nothing."""
-    chosen = read_index(weights_folder(weights_dir)).get("default_tta", {}).get(str(name)) if name else None
-    return bool(chosen)
+    return bool(_model_entry("default_tta", name, weights_dir))
 
 
 def default_name(weights_dir: str | Path | None = None) -> str | None:
