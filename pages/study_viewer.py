@@ -6,7 +6,7 @@ import streamlit as st
 from mura_core.app import navigation, services, session
 from mura_core.app.report import report_file_name, study_report_html
 from mura_core.app.slow_maps import slow_panel
-from mura_core.app.view_controls import (checked_study, prefill_body_part, scope_notice, scope_summary,
+from mura_core.app.view_controls import (checked_study, prefill_body_part, scope_notice,
                                          view_window_controls)
 from mura_core.app.views import (DISCLAIMER, HEAT_SCALES, colour_legend, decision_label, format_probability,
                                  meta_rows, results_table, scaled_view, study_summary, to_png_bytes, view_panels,
@@ -114,7 +114,7 @@ c3.metric("Threshold", format_probability(result.threshold), help=result.thresho
 c4.metric("Body part", getattr(result.body_part, "value", result.body_part) or "UNKNOWN",
           help="From the data, the DICOM tag or the images (suggested; see the sidebar); choose it in the sidebar to "
                "override. It picks the threshold when the model has one fitted for it.")
-st.markdown(scope_summary(result, study_summary(result)))
+st.markdown(study_summary(result))
 st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}; "
            f"colour scale: {HEAT_SCALES[scale].lower()}. "

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mura_core.app.views import (DISCLAIMER, card_summary, decision_label, format_probability, study_summary,
-                                 thumbnail, to_png_bytes, view_panels)
+from mura_core.app.views import (DISCLAIMER, card_summary, decision_label, format_probability, left_out_of_scope,
+                                 study_summary, thumbnail, to_png_bytes, view_panels, view_status)
 
 __all__ = ["MAX_SIDE", "report_file_name", "study_report_html"]
 
@@ -52,6 +52,13 @@ def _img(image: np.ndarray, alt: str) -> str:
     small = thumbnail(np.asarray(image), MAX_SIDE) if max(np.asarray(image).shape[:2]) > MAX_SIDE else image
     data = base64.b64encode(to_png_bytes(small)).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _score_line(view: Any) -> str:
+    """Under a view's images: its probability, or why it has none (left out as outside the model's scope)."""
+    if left_out_of_scope(view):
+        return html.escape(view_status(view))
+    return f"P(abnormal) {format_probability(view.probability)}"
 
 
 def report_file_name(study_id: str | None) -> str:
@@ -85,7 +92,7 @@ def study_report_html(result: Any, *, model_name: str, card: Any = None, sha256:
     view_rows, panels = [], []
     for i, view in enumerate(result.views):
         drives = i == result.driving_view
-        status = "ok" if view.error is None else f"unreadable: {view.error}"
+        status = view_status(view)
         view_rows.append(f"<tr><td>{i + 1}</td><td>{html.escape(view.name)}</td>"
                          f"<td>{format_probability(view.probability)}</td><td>{'yes' if drives else ''}</td>"
                          f"<td>{html.escape(status)}</td></tr>")
@@ -98,7 +105,7 @@ def study_report_html(result: Any, *, model_name: str, card: Any = None, sha256:
                                                       else "<i>no heat map</i>")
         panels.append(f'<div class="view"><b>View {i + 1}: {html.escape(view.name)}</b>'
                       f"{' — drives the study' if drives else ''}<br>{images}<br>"
-                      f"P(abnormal) {format_probability(view.probability)}</div>")
+                      f"{_score_line(view)}</div>")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>Study report {html.escape(study_id or '')}</title><style>{_STYLE}</style></head><body>"

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-__all__ = ["checked_study", "kept_views", "prefill_body_part", "remember_suggestion", "scope_notice", "scope_summary",
+__all__ = ["checked_study", "kept_views", "prefill_body_part", "remember_suggestion", "scope_notice",
            "suggestion_caption", "view_key", "view_window_controls"]
 
 FULL_12_BIT = (2048.0, 4096.0)
@@ -98,19 +98,6 @@ def suggestion_caption() -> str:
     if not suggestion.usable:
         return f"Best guess from {where}: {name} ({suggestion.confidence:.0%}); too unsure to pre-fill."
     return f"Suggested from {where}: **{name}** ({suggestion.confidence:.0%}). Pick another part to override."
-
-
-def scope_summary(result: Any, summary: str) -> str:
-    """`summary` (the study's sentence) with a note on views left out as out of scope."""
-    left_out = [v for v in result.views
-                if getattr(v, "scope", None) is not None and not v.scope.in_scope and v.probability is None]
-    if not left_out:
-        return summary
-    if result.probability is None:
-        return ("Every readable view is outside the model's scope, so there is no study result; tick "
-                "*Score this view anyway* under a view to include it.")
-    n = len(left_out)
-    return f"{summary} {n} view{'s' if n != 1 else ''} left out as outside the model's scope."
 
 
 def checked_study(model: str, study: Any, result: Any, *, part_choice: str, data_part: Any) -> Any:

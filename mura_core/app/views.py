@@ -37,6 +37,8 @@ __all__ = [
     "image_sha256",
     "score_key",
     "study_summary",
+    "left_out_of_scope",
+    "view_status",
     "decision_label",
     "results_table",
     "to_uint8",
@@ -219,16 +221,39 @@ def _part_name(part: Any) -> str:
     return str(value) if value else BodyPart.UNKNOWN.value
 
 
+def left_out_of_scope(view: Any) -> bool:
+    """True for a readable view whose score was hidden because the scope check put it outside the model's
+    scope (`explain.triage.hide_excluded_scores`)."""
+    scope = getattr(view, "scope", None)
+    return (getattr(view, "error", None) is None and getattr(view, "probability", None) is None
+            and scope is not None and not scope.in_scope)
+
+
+def view_status(view: Any) -> str:
+    """A view's status in words: "ok", "unreadable: <reason>" or left out as outside the model's scope."""
+    error = getattr(view, "error", None)
+    if error is not None:
+        return f"unreadable: {error}"
+    return "left out: outside the model's scope" if left_out_of_scope(view) else "ok"
+
+
 def study_summary(result: Any) -> str:
-    """One or two sentences a reader can act on: decision, probability vs threshold, driving view.
+    """One or two sentences a reader can act on: decision, probability vs threshold, driving view, and which
+    views were left out and why (unreadable files, views outside the model's scope), each counted once.
 
     Works on SCORE's StudyResult (fields probability, threshold, abnormal, body_part, aggregate,
     views, driving_view).
     """
     views = list(getattr(result, "views", []) or [])
     n_ok = sum(1 for v in views if getattr(v, "probability", None) is not None)
-    n_bad = len(views) - n_ok
+    n_bad = sum(1 for v in views if getattr(v, "error", None) is not None)
+    n_out = sum(1 for v in views if left_out_of_scope(v))
+    unreadable = f"{n_bad} file{'s were' if n_bad != 1 else ' was'} unreadable and left out."
+    out_of_scope = f"{n_out} view{'s' if n_out != 1 else ''} left out as outside the model's scope."
     if result.probability is None:
+        if n_out:
+            return ("Every readable view is outside the model's scope, so there is no study result; tick "
+                    "*Score this view anyway* under a view to include it." + (f" {unreadable}" if n_bad else ""))
         return (f"No view could be scored ({n_bad} unreadable file{'s' if n_bad != 1 else ''}); "
                 "there is no study result.")
     part = _part_name(result.body_part)
@@ -244,7 +269,9 @@ def study_summary(result: Any) -> str:
         text += (f" The view that drove it: **{view.name}** "
                  f"({format_probability(view.probability)}).")
     if n_bad:
-        text += f" {n_bad} file{'s were' if n_bad != 1 else ' was'} unreadable and left out."
+        text += f" {unreadable}"
+    if n_out:
+        text += f" {out_of_scope}"
     return text
 
 
@@ -253,13 +280,12 @@ def results_table(result: Any) -> list[dict[str, Any]]:
     rows = []
     for i, view in enumerate(getattr(result, "views", []) or []):
         peak = getattr(view, "peak", None)
-        error = getattr(view, "error", None)
         rows.append({
             "view": view.name,
             "probability": None if view.probability is None else round(100.0 * float(view.probability), 1),
             "drives study": i == getattr(result, "driving_view", None),
             "heat-map peak (x, y)": "" if peak is None else f"({peak[0]:.2f}, {peak[1]:.2f})",
-            "status": "ok" if error is None else f"unreadable: {error}",
+            "status": view_status(view),
         })
     return rows
 

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fixtures.build import dicom_bytes
+from fixtures.build import dicom_bytes, png_bytes
 from fixtures.score import weights_folder
 
 from mura_core.app.report import report_file_name, study_report_html
@@ -43,3 +43,18 @@ def test_report_file_name_is_safe():
     assert report_file_name("../../etc/passwd") == "report_etc_passwd.html"
     assert report_file_name("train/XR_WRIST/p1/study1") == "report_train_XR_WRIST_p1_study1.html"
     assert report_file_name(None) == "report_study.html"
+
+
+def test_report_says_a_view_was_left_out_as_outside_the_scope(predictor: Predictor):
+    import dataclasses
+
+    from mura_core.explain.scope import ScopeResult
+
+    study = study_from_uploads([("hand.png", png_bytes(64, 64)), ("hip.png", png_bytes(48, 48))])
+    result = predictor.predict_study(study, cam="auto")
+    hip = dataclasses.replace(result.views[1], probability=None,
+                              scope=ScopeResult(False, "lower-limb radiograph", 1.5))
+    result = dataclasses.replace(result, views=[result.views[0], hip])
+    page = study_report_html(result, model_name=predictor.name, card=predictor.card, study_id="upload")
+    assert "left out: outside the model&#x27;s scope" in page
+    assert "1 view left out as outside the model&#x27;s scope." in page and "unreadable" not in page

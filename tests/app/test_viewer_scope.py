@@ -33,6 +33,7 @@ def test_hip_dicom_is_warned_scored_on_request_and_left_out(tmp_path, monkeypatc
     assert len(per_view) == 1 and per_view[0] == alone      # the hip view neither shown nor counted
     summary = " ".join(m.value for m in at.markdown)
     assert "mean of 1 view" in summary and "1 view left out as outside the model's scope" in summary
+    assert "unreadable" not in summary                      # a view left out of scope is not an unreadable file
     at.checkbox(key=view_key("viewer_keep", 1, "hip.dcm")).check().run()
     assert not at.exception, at.exception
     assert len([m for m in at.metric if m.label == "P(abnormal)"]) == 2

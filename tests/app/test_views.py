@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mura_core.app.views import (ResultCache, card_summary, decision_label, draw_boxes, format_probability,
-                              image_sha256, meta_rows, result_nbytes, results_table, score_key, study_summary,
+                              image_sha256, meta_rows, result_nbytes, results_table, score_key, study_summary, view_status,
                               thumbnail, to_png_bytes, to_uint8, view_panels, with_body_part, zoom_crop)
 
 
@@ -22,6 +22,12 @@ class FakeView:
     heatmap: np.ndarray | None = None
     peak: tuple[float, float] | None = None
     meta: object | None = None
+    scope: object | None = None
+
+
+@dataclass
+class FakeScope:
+    in_scope: bool
 
 
 @dataclass
@@ -127,6 +133,28 @@ def test_study_summary_normal_and_nothing_scored():
     none = FakeStudy(None, 0.5, None, "UNKNOWN", views=[FakeView("x.png", None, error="x")])
     assert "No view could be scored" in study_summary(none)
     assert decision_label(none) == "Not scored"
+
+
+def test_study_summary_counts_unreadable_and_out_of_scope_views_apart():
+    views = [FakeView("hand.png", 0.8), FakeView("hip.png", None, scope=FakeScope(False)),
+             FakeView("empty.png", None, error="empty file"), FakeView("notes.txt", None, error="not an image")]
+    res = FakeStudy(0.8, 0.5, True, "UNKNOWN", views=views, driving_view=0)
+    text = study_summary(res)
+    assert "mean of 1 view" in text
+    assert "2 files were unreadable and left out." in text
+    assert "1 view left out as outside the model's scope." in text
+    assert [view_status(v) for v in views] == [
+        "ok", "left out: outside the model's scope", "unreadable: empty file", "unreadable: not an image"]
+    assert [row["status"] for row in results_table(res)] == [view_status(v) for v in views]
+
+
+def test_study_summary_when_every_readable_view_is_out_of_scope():
+    views = [FakeView("hip.png", None, scope=FakeScope(False)), FakeView("bad.png", None, error="empty file")]
+    text = study_summary(FakeStudy(None, 0.5, None, "UNKNOWN", views=views))
+    assert "Every readable view is outside the model's scope" in text
+    assert "1 file was unreadable and left out." in text
+    kept = FakeView("hip.png", 0.7, scope=FakeScope(False))             # scored anyway: counted as a view
+    assert "left out" not in study_summary(FakeStudy(0.7, 0.5, True, "UNKNOWN", views=[kept], driving_view=0))
 
 
 def test_results_table_rows():
