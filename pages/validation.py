@@ -7,7 +7,8 @@ from mura_core.app import navigation, services, session
 from mura_core.app.validation import (calibration_figure, confusion_by_body_part, confusion_figure,
                                       describe_report, filter_predictions, kappa_caption, kappa_comparison,
                                       kappas_by_body_part, loso_rows, metrics_table, pointing_game_note,
-                                      pointing_game_table, roc_figure, single_class_parts, source_options)
+                                      pointing_game_table, roc_figure, single_class_note, single_class_parts,
+                                      source_options)
 from mura_core.data.roots import default_data_root
 from mura_core.evaluation.reports import find_reports
 
@@ -99,9 +100,7 @@ if mode == "slider":
 
 one_class = single_class_parts(predictions)
 if one_class:
-    st.info(f"In this data {', '.join(p.lower() for p in one_class)} studies are all of one class (for example, "
-            "normal studies that name no body part), so their AUC, kappa and one of sensitivity/specificity "
-            "are undefined (—). Judge those from the overall row.", icon=":material/info:")
+    st.info(single_class_note(one_class), icon=":material/info:")
 
 st.markdown("#### Confusion matrices per body part")
 st.plotly_chart(confusion_figure(confusion_by_body_part(predictions, chosen)), key="validation_confusion")

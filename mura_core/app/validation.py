@@ -39,6 +39,7 @@ __all__ = [
     "describe_report",
     "confusion_figure",
     "single_class_parts",
+    "single_class_note",
     "roc_figure",
     "calibration_points",
     "calibration_figure",
@@ -345,6 +346,16 @@ def single_class_parts(predictions: Sequence[StudyPrediction]) -> list[str]:
         if len(labels) < 2:
             out.append(part)
     return out
+
+
+def single_class_note(parts: Sequence[str]) -> str:
+    """Why some body parts show no AUC or kappa, naming them as a reader would ('shoulder/humerus', 'no body part
+    given'), not by their enum values."""
+    names = [BodyPart.parse(p).label if BodyPart.parse(p) is not BodyPart.UNKNOWN else "no body part given"
+             for p in parts]
+    return (f"In this data every study of {', '.join(names)} is of one class (for example, normal studies that "
+            "name no body part), so their AUC, kappa and one of sensitivity/specificity are undefined (—). "
+            "Judge those from the overall row.")
 
 
 def roc_figure(predictions: Sequence[StudyPrediction], thresholds: Mapping[str, float] | float) -> Any:

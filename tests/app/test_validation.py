@@ -9,7 +9,8 @@ import pytest
 
 from mura_core.app.validation import (MURA_PAPER_KAPPA, calibration_figure, calibration_points,
                                       confusion_by_body_part, confusion_figure, kappa_comparison, kappas_by_body_part,
-                                      metrics_table, roc_figure, single_class_parts)
+                                      metrics_table, roc_figure, single_class_note,
+                                      single_class_parts)
 from mura_core.evaluation.reports import StudyPrediction
 
 PREDS = [
@@ -81,6 +82,12 @@ def test_single_class_parts():
     assert kappas["FINGER"] is None and kappas["ELBOW"] == pytest.approx(1.0)
     rows = {r["body part"]: r for r in metrics_table(preds, 0.5, n_bootstrap=0)}
     assert rows["FINGER"]["kappa"] == "—" and rows["ELBOW"]["kappa"] == "1.000"
+
+
+def test_single_class_note_names_parts_as_a_reader_would():
+    note = single_class_note(["ELBOW", "SHOULDER_HUMERUS", "UNKNOWN"])
+    assert "elbow, shoulder/humerus, no body part given" in note
+    assert "SHOULDER_HUMERUS" not in note and "shoulder_humerus" not in note
 
 
 def test_paper_kappas_are_plausible():
