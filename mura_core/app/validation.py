@@ -153,11 +153,8 @@ def metrics_table(predictions: Sequence[StudyPrediction], thresholds: Mapping[st
     )
     table = []
     order = _ordered_parts(list(grouped["by_body_part"])) + ["overall"]
-    one_class = set(single_class_parts(rows))
     for part in order:
-        m = dict(grouped["overall"] if part == "overall" else grouped["by_body_part"][part])
-        if part in one_class:  # agreement with a constant truth is not informative: show it as undefined
-            m["kappa"] = None
+        m = grouped["overall"] if part == "overall" else grouped["by_body_part"][part]
         row: dict[str, Any] = {"body part": part, "n": m["n"], "abnormal": m["n_abnormal"]}
         if part != "overall":
             row["threshold"] = round(m["threshold"], 3)
@@ -180,8 +177,8 @@ def kappas_by_body_part(predictions: Sequence[StudyPrediction],
                         thresholds: Mapping[str, float] | float) -> dict[str, float | None]:
     """Cohen's kappa per body part and ``"overall"`` at the given threshold(s) (no bootstrap).
 
-    A body part whose studies are all of one class gets None: agreement with a constant truth says
-    nothing comparable to the paper's kappas.
+    A body part whose studies are all of one class gets None (`evaluation.metrics`: agreement with a constant
+    truth says nothing, nothing comparable to the paper's kappas).
     """
     rows = _scored(predictions)
     if not rows:
@@ -189,8 +186,7 @@ def kappas_by_body_part(predictions: Sequence[StudyPrediction],
     grouped = metrics.grouped_metrics(
         [p.label for p in rows], [p.probability for p in rows], [p.body_part for p in rows],
         thresholds if isinstance(thresholds, Mapping) else float(thresholds), n_bootstrap=0)
-    one_class = set(single_class_parts(rows))
-    out = {part: None if part in one_class else m["kappa"] for part, m in grouped["by_body_part"].items()}
+    out = {part: m["kappa"] for part, m in grouped["by_body_part"].items()}
     out["overall"] = grouped["overall"]["kappa"]
     return out
 

@@ -5,8 +5,8 @@ Conventions used everywhere in this module:
 - label 1 = abnormal (positive), 0 = normal;
 - a probability ``p`` is called abnormal when ``p >= threshold`` (the same rule as scikit-learn's
   ``roc_curve`` thresholds, so a fitted threshold reproduces the chosen ROC point exactly);
-- a metric that is undefined on the data (AUC with one class, sensitivity without positives, kappa
-  when both raters are constant and agree...) is ``None``, never NaN, so reports stay valid JSON.
+- a metric that is undefined on the data (AUC or kappa with one class in the truth, sensitivity without
+  positives...) is ``None``, never NaN, so reports stay valid JSON.
 
 Point estimates use scikit-learn (``confusion_matrix``, ``cohen_kappa_score``, ``roc_auc_score``).
 Bootstrap intervals are vectorised: each resample is a row of multinomial counts, so the confusion
@@ -123,8 +123,9 @@ def _from_counts(tn: float, fp: float, fn: float, tp: float) -> dict[str, float 
 
 
 def _kappa(y: np.ndarray, yhat: np.ndarray) -> float | None:
-    """Cohen's kappa between labels and decisions; None when chance agreement is 1 (undefined)."""
-    if y.size == 0:
+    """Cohen's kappa between labels and decisions; None when the truth has one class (agreement with a constant
+    truth is 0 whatever the decisions, so it says nothing; scikit-learn would report 0) or chance agreement is 1."""
+    if y.size == 0 or y.min() == y.max():
         return None
     counts = confusion_counts(y, yhat)
     n = y.size
@@ -217,7 +218,7 @@ def _resample_metrics(weights: np.ndarray, y: np.ndarray, yhat: np.ndarray,
     chance = _safe_div((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = (observed - chance) / (1.0 - chance)
-    out["kappa"] = np.where(chance < 1.0 - 1e-12, kappa, np.nan)
+    out["kappa"] = np.where((chance < 1.0 - 1e-12) & (tp + fn > 0) & (tn + fp > 0), kappa, np.nan)
     # AUC (Mann-Whitney): scores sorted once; per tie group, positives beat the negatives below
     # and tie half of those in the group.
     w_sorted = weights[:, order]
