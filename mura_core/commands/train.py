@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from mura_core.training.augment import AUGMENT_MODES
 from mura_core.training.config import TrainConfig
 
 __all__ = ["build_parser", "cli_main"]
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="fine-tune from this checkpoint (indexed name, sha256-checked, or file) with a fresh "
                         "optimiser and schedule")
-    p.add_argument("--augment", choices=["paper", "strong"], default=d.augment)
+    p.add_argument("--augment", choices=list(AUGMENT_MODES), default=d.augment,
+                   help="paper: flip + rotation (MURA); strong: + random resized crop and exposure jitter; domain: "
+                        "strong + another source's look (resolution loss, noise, equalisation)")
     p.add_argument("--max-rotation", type=float, default=d.max_rotation)
     p.add_argument("--no-hflip", dest="hflip", action="store_false")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights per step (0: off)")

@@ -2,26 +2,37 @@
 
 'paper' is MURA's: a random lateral flip and a rotation of up to `max_rotation` degrees. 'strong' adds
 a random resized crop (60-100% of the area, aspect 3:4-4:3, anywhere in the image) and brightness,
-contrast and gamma jitter, which keeps a model from learning one source's exposure and framing.
+contrast and gamma jitter, which keeps a model from learning one source's exposure and framing. 'domain' is
+'strong' plus the look of another scanner or archive (`DOMAIN_CHANCE` each): lost resolution (shrunk to 35-100%
+of the side and enlarged back), detector noise, a histogram-equalised display, and wider gamma and contrast;
+meant for models that must hold up on a source they never saw (leave-one-source-out).
 Every draw comes from a generator seeded by (seed, epoch, image index), so a run is reproducible
 whatever the batch composition or number of workers.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentParams", "draw_params", "augment_batch", "box_masks"]
+__all__ = ["AUGMENT_MODES", "AugmentParams", "DOMAIN_CHANCE", "draw_params", "augment_batch", "box_masks"]
+
+AUGMENT_MODES: tuple[str, ...] = ("paper", "strong", "domain")
 
 _AREA = (0.6, 1.0)
 _LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))
 _BRIGHTNESS = 0.1
 _CONTRAST = 0.2
 _LOG_GAMMA = (math.log(0.7), math.log(1.4))
+_DOMAIN_LOG_GAMMA = (math.log(0.5), math.log(2.0))
+_DOMAIN_CONTRAST = 0.35
+_DOMAIN_SCALE = (0.35, 1.0)
+_DOMAIN_NOISE = 0.04
+DOMAIN_CHANCE = 0.3
+"""How often 'domain' applies each of its look changes (resolution loss, noise, equalisation) to an image."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,13 @@ class AugmentParams:
     brightness: float = 0.0
     contrast: float = 1.0
     gamma: float = 1.0
+    scale: float = 1.0
+    """'domain': shrink factor of the resolution loss (1 = none)."""
+    noise: float = 0.0
+    """'domain': standard deviation of the added noise (0..1 grey scale)."""
+    noise_seed: int = 0
+    equalize: bool = False
+    """'domain': histogram-equalise the image (before the exposure jitter)."""
 
 
 def _sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -51,17 +69,27 @@ def draw_params(generator: torch.Generator, mode: str, max_rotation: float, hfli
     angle = (u[1] * 2.0 - 1.0) * max_rotation
     if mode == "paper":
         return AugmentParams(flip=flip, angle=angle)
-    if mode != "strong":
-        raise ValueError(f"augment must be 'paper' or 'strong', got {mode!r}")
+    if mode not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}, got {mode!r}")
     area = _AREA[0] + u[2] * (_AREA[1] - _AREA[0])
     aspect = math.exp(_LOG_ASPECT[0] + u[3] * (_LOG_ASPECT[1] - _LOG_ASPECT[0]))
     crop_w = min(1.0, math.sqrt(area * aspect))
     crop_h = min(1.0, math.sqrt(area / aspect))
-    return AugmentParams(
+    domain = mode == "domain"
+    log_gamma, contrast = (_DOMAIN_LOG_GAMMA, _DOMAIN_CONTRAST) if domain else (_LOG_GAMMA, _CONTRAST)
+    params = AugmentParams(
         flip=flip, angle=angle, crop_w=crop_w, crop_h=crop_h,
         centre_x=(u[4] * 2.0 - 1.0) * (1.0 - crop_w), centre_y=(u[5] * 2.0 - 1.0) * (1.0 - crop_h),
-        brightness=(u[6] * 2.0 - 1.0) * _BRIGHTNESS, contrast=1.0 + (u[7] * 2.0 - 1.0) * _CONTRAST,
-        gamma=math.exp(_LOG_GAMMA[0] + u[8] * (_LOG_GAMMA[1] - _LOG_GAMMA[0])))
+        brightness=(u[6] * 2.0 - 1.0) * _BRIGHTNESS, contrast=1.0 + (u[7] * 2.0 - 1.0) * contrast,
+        gamma=math.exp(log_gamma[0] + u[8] * (log_gamma[1] - log_gamma[0])))
+    if not domain:
+        return params
+    v = torch.rand(6, generator=generator).tolist()  # drawn after 'strong''s nine: its draws stay the same
+    return replace(
+        params,
+        scale=_DOMAIN_SCALE[0] + v[1] * (_DOMAIN_SCALE[1] - _DOMAIN_SCALE[0]) if v[0] < DOMAIN_CHANCE else 1.0,
+        noise=v[3] * _DOMAIN_NOISE if v[2] < DOMAIN_CHANCE else 0.0, noise_seed=int(v[5] * 2 ** 31),
+        equalize=v[4] < DOMAIN_CHANCE)
 
 
 def _theta(p: AugmentParams) -> list[list[float]]:
@@ -80,6 +108,33 @@ def _intensity(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tensor
     x = x.clamp(0.0, 1.0).pow(gamma)
     mean = x.mean(dim=(2, 3), keepdim=True)
     return ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def _equalized(image: torch.Tensor) -> torch.Tensor:
+    """(1, S, S) 0..1 -> its histogram-equalised copy (256 grey levels mapped through their cumulative share)."""
+    levels = (image.clamp(0.0, 1.0) * 255.0).round().long()
+    cdf = torch.bincount(levels.flatten(), minlength=256).cumsum(0).float()
+    lowest = cdf[cdf > 0][0]
+    table = ((cdf - lowest) / (cdf[-1] - lowest).clamp(min=1.0)).clamp(0.0, 1.0)
+    return table[levels].to(image.dtype)
+
+
+def _look(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tensor:
+    """'domain': each image's resolution loss, equalisation and noise (images without any are untouched)."""
+    out = []
+    for image, p in zip(x, params):
+        image = image.unsqueeze(0)
+        if p.scale < 1.0:
+            side = image.shape[-1]
+            small = F.interpolate(image, size=max(8, round(side * p.scale)), mode="area")
+            image = F.interpolate(small, size=side, mode="bilinear", align_corners=False)
+        if p.equalize:
+            image = _equalized(image[0]).unsqueeze(0)
+        if p.noise > 0.0:
+            noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(p.noise_seed))
+            image = image + p.noise * noise.to(image.dtype)
+        out.append(image[0].clamp(0.0, 1.0))
+    return torch.stack(out)
 
 
 def _warp(x: torch.Tensor, params: Sequence[AugmentParams]) -> torch.Tensor:
@@ -114,7 +169,9 @@ def augment_batch(images: torch.Tensor, indices: Sequence[int], seed: int, epoch
         x, warped_masks = both[:, :1], both[:, 1:]
     else:
         x, warped_masks = _warp(x, params), None
-    if mode == "strong":
+    if mode == "domain":
+        x = _look(x, params)
+    if mode in ("strong", "domain"):
         x = _intensity(x, params)
     x = x.clamp_(0.0, 1.0)
     return x if warped_masks is None else (x, warped_masks)

@@ -48,7 +48,8 @@ class TrainConfig:
     """Fine-tune: start from this checkpoint's weights (an indexed name, sha256-checked, or a file) with a
     fresh optimiser and schedule; its architecture must be --arch."""
     augment: str = "paper"
-    """'paper': lateral flip + rotation (MURA); 'strong': + random resized crop, brightness/contrast/gamma."""
+    """'paper': lateral flip + rotation (MURA); 'strong': + random resized crop, brightness/contrast/gamma;
+    'domain': 'strong' + another source's look (`training.augment`)."""
     max_rotation: float = 30.0
     hflip: bool = True
     ema_decay: float = 0.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mura_core.training.augment import augment_batch, draw_params
+from mura_core.training.augment import DOMAIN_CHANCE, augment_batch, draw_params
 
 
-@pytest.mark.parametrize("mode", ["paper", "strong"])
+@pytest.mark.parametrize("mode", ["paper", "strong", "domain"])
 def test_augmentation_is_seeded_per_image_and_epoch(mode: str) -> None:
     images = (torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     a = augment_batch(images, [0, 1, 2], seed=1, epoch=0, mode=mode)
@@ -33,3 +33,35 @@ def test_strong_draws_crop_inside_the_image_and_jitter_intensity() -> None:
     assert any(p.flip for p in params) and not all(p.flip for p in params)
     with pytest.raises(ValueError):
         draw_params(torch.Generator(), "wild", 0.0, False)
+
+
+def test_domain_keeps_the_strong_draw_and_adds_another_sources_look() -> None:
+    pairs = [(draw_params(torch.Generator().manual_seed(i), "strong", 15.0, True),
+              draw_params(torch.Generator().manual_seed(i), "domain", 15.0, True)) for i in range(400)]
+    assert all((s.flip, s.angle, s.crop_w, s.centre_x, s.brightness) == (d.flip, d.angle, d.crop_w, d.centre_x,
+                                                                         d.brightness) for s, d in pairs)
+    domain = [d for _, d in pairs]
+    for share in (sum(d.scale < 1.0 for d in domain), sum(d.noise > 0 for d in domain), sum(d.equalize for d in domain)):
+        assert abs(share / len(domain) - DOMAIN_CHANCE) < 0.08
+    assert all(0.35 <= d.scale <= 1.0 for d in domain)
+    assert min(d.gamma for d in domain) < 0.6 and max(d.gamma for d in domain) > 1.7   # wider than 'strong'
+    assert all(s.scale == 1.0 and s.noise == 0.0 and not s.equalize for s, _ in pairs)
+
+
+def test_domain_look_changes_resolution_noise_and_histogram_but_keeps_box_masks_aligned() -> None:
+    from mura_core.training.augment import AugmentParams, _look
+
+    ramp = torch.linspace(0.2, 0.4, 32).repeat(32, 1)[None, None]                  # a narrow grey range
+    equalised = _look(ramp, [AugmentParams(equalize=True)])
+    assert equalised.min() < 0.05 and equalised.max() > 0.95                        # stretched to the full range
+    blurred = _look(torch.eye(32)[None, None], [AugmentParams(scale=0.5)])
+    assert blurred.max() < 0.9                                                       # a one-pixel line is softened
+    noisy = _look(ramp, [AugmentParams(noise=0.04, noise_seed=3)])
+    assert 0.01 < (noisy - ramp).std() < 0.06
+    torch.testing.assert_close(_look(ramp, [AugmentParams()]), ramp)               # nothing drawn: untouched
+    images = (torch.rand(4, 24, 24, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    masks = torch.zeros(4, 24, 24)
+    masks[:, 8:16, 8:16] = 1.0
+    _, strong_masks = augment_batch(images, [0, 1, 2, 3], seed=2, epoch=0, mode="strong", masks=masks)
+    _, domain_masks = augment_batch(images, [0, 1, 2, 3], seed=2, epoch=0, mode="domain", masks=masks)
+    torch.testing.assert_close(strong_masks, domain_masks)                           # boxes follow the same warp
