@@ -62,7 +62,13 @@ class ScopeResult:
 def warning_text(scope: ScopeResult) -> str:
     """The warning shown on an out-of-scope view."""
     via = " (from the DICOM tags)" if scope.source == "dicom" else ""
-    return f"Looks like a {scope.label}{via}: outside what this model was trained for."
+    return f"Looks like {_with_article(scope.label)}{via}: outside what this model was trained for."
+
+
+def _with_article(label: str) -> str:
+    """'a CT slice', 'an MR slice', 'an upper-limb radiograph', 'an image unlike ...'."""
+    spoken_vowel = label[:1].lower() in "aeiou" or label.startswith(("MR", "NM"))
+    return f"{'an' if spoken_vowel else 'a'} {label}"
 
 
 def scope_from_tags(meta: Any) -> ScopeResult | None:

@@ -145,3 +145,13 @@ def test_out_of_scope_view_left_out_of_study_unless_kept() -> None:
     assert by_part.threshold == pytest.approx(0.1) and by_part.abnormal is True and by_part.body_part == "WRIST"
     hidden = hide_excluded_scores(restricted, triage)
     assert hidden.views[1].probability is None and hidden.views[0].probability == pytest.approx(0.2)
+
+
+def test_warning_reads_with_the_right_article():
+    def text(label: str, source: str = "image") -> str:
+        return warning_text(ScopeResult(False, label, 1.5, source))
+
+    assert text(LOWER_LIMB).startswith("Looks like a lower-limb radiograph:")
+    assert text("MR slice", "dicom").startswith("Looks like an MR slice (from the DICOM tags):")
+    assert text("ultrasound image", "dicom").startswith("Looks like an ultrasound image")
+    assert text("CT slice", "dicom").startswith("Looks like a CT slice")
