@@ -38,7 +38,7 @@ if st.button(f"Score every study with {model}" if rows is None else "Score again
     try:
         rows, problems = worklist.run_worklist(
             model, data, progress=lambda done, total: bar.progress(done / max(total, 1),
-                                                                   text=f"Scored {done}/{total} images"))
+                                                                   text=f"{done}/{total} images processed"))
     except Exception as exc:  # DatasetError, a refused folder: a message, never a traceback
         st.error(f"Cannot score {typed.strip()}: {exc}")
         st.stop()
