@@ -123,15 +123,10 @@ def _from_counts(tn: float, fp: float, fn: float, tp: float) -> dict[str, float 
 
 
 def _kappa(y: np.ndarray, yhat: np.ndarray) -> float | None:
-    """Cohen's kappa between labels and decisions; None when the truth has one class (agreement with a constant
-    truth is 0 whatever the decisions, so it says nothing; scikit-learn would report 0) or chance agreement is 1."""
+    """Cohen's kappa between labels and decisions; None when the truth has one class: agreement with a constant
+    truth is 0 whatever the decisions (scikit-learn's answer), which says nothing. With both classes in the
+    truth, chance agreement is below 1 and kappa is defined."""
     if y.size == 0 or y.min() == y.max():
-        return None
-    counts = confusion_counts(y, yhat)
-    n = y.size
-    chance = ((counts["tp"] + counts["fp"]) * (counts["tp"] + counts["fn"])
-              + (counts["tn"] + counts["fn"]) * (counts["tn"] + counts["fp"])) / (n * n)
-    if chance >= 1.0:
         return None
     return _clean(cohen_kappa_score(y, yhat, labels=[0, 1]))
 
@@ -218,7 +213,7 @@ def _resample_metrics(weights: np.ndarray, y: np.ndarray, yhat: np.ndarray,
     chance = _safe_div((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = (observed - chance) / (1.0 - chance)
-    out["kappa"] = np.where((chance < 1.0 - 1e-12) & (tp + fn > 0) & (tn + fp > 0), kappa, np.nan)
+    out["kappa"] = np.where((tp + fn > 0) & (tn + fp > 0), kappa, np.nan)  # both classes: chance < 1
     # AUC (Mann-Whitney): scores sorted once; per tie group, positives beat the negatives below
     # and tie half of those in the group.
     w_sorted = weights[:, order]
