@@ -347,8 +347,8 @@ def single_class_parts(predictions: Sequence[StudyPrediction]) -> list[str]:
 def single_class_note(parts: Sequence[str]) -> str:
     """Why some body parts show no AUC or kappa, naming them as a reader would ('shoulder/humerus', 'no body part
     given'), not by their enum values."""
-    names = [BodyPart.parse(p).label if BodyPart.parse(p) is not BodyPart.UNKNOWN else "no body part given"
-             for p in parts]
+    names = [part.label if part is not BodyPart.UNKNOWN else "no body part given"
+             for part in map(BodyPart.parse, parts)]
     return (f"In this data every study of {', '.join(names)} is of one class (for example, normal studies that "
             "name no body part), so their AUC, kappa and one of sensitivity/specificity are undefined (—). "
             "Judge those from the overall row.")
