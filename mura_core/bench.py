@@ -143,7 +143,7 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 """Top-level keys every bench JSON has, with their types."""
 
-HEATMAP_METHODS: tuple[str, ...] = ("cam-ms", "cam", "gradcam", "hirescam")
+HEATMAP_METHODS: tuple[str, ...] = ("cam-ms", "cam-zoom", "cam", "gradcam", "hirescam")
 _RESULT_MARK = "BENCH_RESULT "
 
 

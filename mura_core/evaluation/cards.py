@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
+from mura_core.explain.cams import SELF_FLIPPING_METHODS
 from mura_core.explain.predictor import Predictor
 from mura_core.models.checkpoints import render_card_markdown
 from mura_core.models.weights import (default_cam_for, default_tta_for, ensemble_maps_from, list_ensembles,
@@ -38,13 +39,14 @@ def _metrics_section(name: str, folder: Path) -> str:
     text = metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", model_loso(name, folder))
     method = default_cam_for(name, folder)
     if method:
-        text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen because it pointed at expert "
-                 "boxes more often than one-pass classic CAM on these valid splits (pointing game above).\n")
+        text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen on these valid splits by the "
+                 "pointing game above and its cost (README, Results and Speed).\n")
     if default_tta_for(name, folder):
         text += ("\n**Test-time flip**: on by default (index.json `default_tta`): each view is also scored mirrored "
                  "and the two probabilities averaged, in the viewer, the worklist and the report above (its `tta`). "
-                 "With `cam-ms` the flip needs no extra forward of the map model (that map already forwards the "
-                 "mirror image); scores alone take two forwards.\n")
+                 + (f"With `{method}` the flip needs no extra forward of the map model (that map already forwards "
+                    "the mirror image); scores alone take two forwards.\n" if method in SELF_FLIPPING_METHODS
+                    else "Scores and maps take two forwards.\n"))
     return text
 
 

@@ -11,8 +11,8 @@ model card's ``thresholds[body_part]``, else ``thresholds["default"]``. Views th
 an error (the `DecodeError` reason) and the rest of the study is still scored.
 
 Test-time augmentation (``tta=True``): each view is also scored horizontally flipped; probabilities are
-averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`: ``cam-ms``
-already forwards the mirror images, so there the flip costs no extra forward). ``tta=None`` (every method's
+averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`: ``cam-zoom``
+and ``cam-ms`` already forward the mirror images, so there the flip costs no extra forward). ``tta=None`` (every method's
 default) means the model's own choice, `Predictor.tta`: on for an index entry listed in ``"default_tta"``
 (the shipped default ensemble), so the viewer, the worklist and `evaluate` score it the same way.
 
@@ -401,9 +401,9 @@ class Predictor:
                     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Probabilities (N,) and, with `cam`, each map member's heat maps (N, S_m, S_m) at its input size.
 
-        One forward per member over the whole batch (2N rows with the flip, where ``cam-ms`` does not already
-        forward the mirror images; on the CPU a few rows per forward, `models.devices.forward_chunks`); heat maps
-        come from that same forward.
+        One forward per member over the whole batch (2N rows with the flip, where ``cam-zoom`` or ``cam-ms`` does
+        not already forward the mirror images; on the CPU a few rows per forward, `models.devices.forward_chunks`);
+        heat maps come from that same forward.
         """
         prob, maps = self.run_batches_many(batches, [cam] if cam is not None else [], target=target, tta=tta)
         return prob, (maps[cam] if cam is not None else None)

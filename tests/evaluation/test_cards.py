@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.score import ensemble_default_folder, tiny_manifest
 
 from mura_core.evaluation.cards import card_text, write_card
@@ -50,3 +52,12 @@ def test_a_model_that_flips_by_default_says_so_and_its_report_was_scored_that_wa
     plain = ensemble_default_folder(tmp_path / "plain", data)
     assert "Test-time flip" not in card_text("pair", plain)
     assert json.loads((plain / "pair.report" / "report.json").read_text())["tta"] is False
+
+
+@pytest.mark.parametrize("method,cost", [("cam-zoom", "With `cam-zoom` the flip needs no extra forward"),
+                                         ("hirescam", "Scores and maps take two forwards")])
+def test_the_flip_sentence_names_what_the_default_map_costs(tmp_path: Path, method: str, cost: str) -> None:
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data, default_tta={"pair": True},
+                                     default_cam={"pair": method})
+    assert cost in card_text("pair", folder)

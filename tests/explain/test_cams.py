@@ -75,7 +75,8 @@ def trained_toy() -> ToyCNN:
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["cam", "cam-ms", "gradcam", "hirescam", "gradcam++", "layercam", "xgradcam"])
+@pytest.mark.parametrize("method", ["cam", "cam-ms", "cam-zoom", "gradcam", "hirescam", "gradcam++", "layercam",
+                                    "xgradcam"])
 def test_heatmap_peak_lands_in_planted_square(trained_toy, method):
     gen = torch.Generator().manual_seed(123)
     x, y, corners = _square_batch(40, gen)
@@ -387,6 +388,66 @@ def test_multiscale_cam_is_the_mean_of_scaled_and_mirrored_classic_cams(trained_
     assert len(calls) == 2 * len(E.MULTISCALE_FACTORS) * len(x) and len(E.MULTISCALE_FACTORS) > 1
     assert _hooks(trained_toy) == 0
     assert maps.shape == (3, SIZE, SIZE) and maps.max() == pytest.approx(1.0)
+
+
+def _toy_cam(model: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The toy's classic CAM of `x` brought to `size`: ReLU, min-max on the grid, bilinear resize, min-max."""
+    with torch.inference_mode():
+        acts = model.features(x).numpy()
+    raw = np.maximum(np.einsum("c,nchw->nhw", model.classifier.weight[0].detach().numpy(), acts), 0.0)
+    return E.normalise_map(np.stack([E.resize_heatmap(m, size) for m in E.normalise_map(raw)]))
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_zoom_cam_adds_the_tapered_map_of_a_window_around_the_peak(trained_toy, mirror):
+    """cam-zoom = min-max(first map + taper x the classic CAM of the window around its peak, enlarged ZOOM_FACTOR
+    times, placed back); the first map is the classic CAM (mirror-averaged under the flip). The plain inputs'
+    logits are the scores; the forwards are the plain rows, the mirrored rows with the flip, and one zoom each."""
+    x, _, _ = _square_batch(3, torch.Generator().manual_seed(22))
+    base = _toy_cam(trained_toy, x, (SIZE, SIZE))
+    if mirror:
+        base = E.normalise_map((base + _toy_cam(trained_toy, torch.flip(x, dims=[-1]), (SIZE, SIZE))[:, :, ::-1]) / 2)
+    expected = []
+    for i in range(3):
+        top, left, h, w = E.zoom_window(base[i])
+        crop = torch.nn.functional.interpolate(x[i:i + 1, :, top:top + h, left:left + w],
+                                               size=(E.scaled_side(h, E.ZOOM_FACTOR), E.scaled_side(w, E.ZOOM_FACTOR)),
+                                               mode="bilinear", align_corners=False)
+        total = base[i].astype(np.float64)
+        total[top:top + h, left:left + w] += _toy_cam(trained_toy, crop, (h, w))[0] * E.window_taper(h, w)
+        expected.append(E.normalise_map(total))
+    calls = []
+    handle = trained_toy.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        if mirror:
+            maps, logits = E.explain_with_flip(trained_toy, TOY_SPEC, x, ["cam-zoom"])
+        else:
+            maps, logits = E.explain_many(trained_toy, TOY_SPEC, x, ["cam-zoom"])
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(maps["cam-zoom"], np.stack(expected), atol=1e-4)
+    with torch.inference_mode():
+        scored = x if not mirror else torch.cat([x, torch.flip(x, dims=[-1])])
+        np.testing.assert_allclose(logits, trained_toy(scored)[:, 0].numpy(), atol=1e-5)
+    assert len(calls) == (3 if mirror else 2) * len(x)  # one row per forward on the CPU
+    assert _hooks(trained_toy) == 0
+
+
+def test_zoom_window_is_centred_on_the_peak_and_kept_inside():
+    heatmap = np.zeros((100, 80), dtype=np.float32)
+    heatmap[50, 40] = 1.0
+    assert E.zoom_window(heatmap, 0.4) == (30, 24, 40, 32)  # peak (row 50, column 40) at the centre
+    heatmap[:] = 0.0
+    heatmap[2, 78] = 1.0  # near the top-right corner: shifted inside, not cut
+    assert E.zoom_window(heatmap, 0.4) == (0, 48, 40, 32)
+
+
+def test_window_taper_fades_to_zero_at_every_edge():
+    taper = E.window_taper(40, 20)
+    assert taper.shape == (40, 20) and taper.max() == pytest.approx(1.0)
+    assert taper[0].max() == 0.0 and taper[-1].max() == 0.0 and taper[:, 0].max() == 0.0 and taper[:, -1].max() == 0.0
+    assert taper[20, 10] == 1.0
+    np.testing.assert_allclose(taper, taper[::-1, ::-1])
 
 
 def test_scaled_side_rounds_to_the_stride():

@@ -29,7 +29,8 @@ def _views() -> list[View]:
 
 
 @pytest.mark.parametrize("cam,tta", [(None, False), ("gradcam", False), (None, True), ("cam-ms", False),
-                                     ("cam-ms", True), ("gradcam", True)])
+                                     ("cam-ms", True), ("gradcam", True), ("cam-zoom", False),
+                                     ("cam-zoom", True)])
 def test_scoring_features_equal_a_separate_feature_pass(predictor: Predictor, cam: str | None, tta: bool):
     result = predictor.predict_study(_views(), cam=cam, tta=tta)
     good = [v for v in result.views if v.probability is not None]
