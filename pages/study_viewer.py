@@ -122,6 +122,9 @@ st.caption(f"Model {model}; heat maps: {cam}, {TARGETS[target].lower()}"
            f"{'; with test-time flip' if tta else ''}{' (from cache)' if cached else ''}; "
            f"colour scale: {HEAT_SCALES[scale].lower()}. "
            "A second-reader and teaching aid, not a diagnosis.")
+map_caution = services.map_warning(model, cam)
+if map_caution:
+    st.warning(map_caution, icon=":material/info:")
 st.dataframe(results_table(result), hide_index=True, width="stretch")
 report_facts = dict(model_name=model, card=services.model_card(model), sha256=services.get_predictor(model).sha256,
                     study_id=study.study_id, cam=result.cam, overlay_fn=services.overlay_fn(), colormap=colormap,

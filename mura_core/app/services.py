@@ -591,6 +591,16 @@ def model_warning(name: str | None) -> str | None:
     return weak_model_warning(report)
 
 
+def map_warning(name: str | None, method: str | None) -> str | None:
+    """The heat-map caution for `method` from the model's shipped report (`evaluation.reports.map_caution`)."""
+    from mura_core.evaluation.reports import map_caution
+
+    if not method:
+        return None
+    report, _ = model_report(name)
+    return map_caution(report, method)
+
+
 def report_thresholds(report: dict[str, Any], name: str) -> dict[str, float]:
     """The thresholds the report was computed at, else the model card's when the model is known."""
     found = thresholds_of(report)

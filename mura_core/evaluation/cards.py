@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mura_core.evaluation.reports import load_report, metrics_markdown, shipped_report
+from mura_core.evaluation.reports import load_report, map_caution, metrics_markdown, shipped_report
 from mura_core.explain.cams import SELF_FLIPPING_METHODS
 from mura_core.explain.predictor import Predictor
 from mura_core.models.checkpoints import render_card_markdown
@@ -41,6 +41,9 @@ def _metrics_section(name: str, folder: Path) -> str:
     if method:
         text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen on these valid splits by the "
                  "pointing game above and its cost (README, Results and Speed).\n")
+    caution = map_caution(report, method or _first_measured_map(report))
+    if caution:
+        text += f"\n**Heat-map caution**: {caution}\n"
     if default_tta_for(name, folder):
         text += ("\n**Test-time flip**: on by default (index.json `default_tta`): each view is also scored mirrored "
                  "and the two probabilities averaged, in the viewer, the worklist and the report above (its `tta`). "
@@ -48,6 +51,12 @@ def _metrics_section(name: str, folder: Path) -> str:
                     "the mirror image); scores alone take two forwards.\n" if method in SELF_FLIPPING_METHODS
                     else "Scores and maps take two forwards.\n"))
     return text
+
+
+def _first_measured_map(report: dict) -> str:
+    """The first heat-map method of the report's pointing game (the model's default when evaluate ran with its
+    default map), or "" when none was measured."""
+    return next(iter(((report.get("pointing_game") or {}).get("methods") or {})), "")
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:

@@ -50,6 +50,7 @@ __all__ = [
     "write_predictions",
     "write_report",
     "WEAK_AUC",
+    "map_caution",
     "weak_model_warning",
     "source_aucs",
 ]
@@ -424,6 +425,35 @@ def source_aucs(report: Mapping[str, Any]) -> dict[str, float | None]:
         return {name: ((r.get("image_level") or {}).get("overall") or {}).get("auc") for name, r in by_source.items()}
     data = (report.get("data") or {}).get("name", "data")
     return {Path(str(data)).name: ((report.get("image_level") or {}).get("overall") or {}).get("auc")}
+
+
+def _pointing_games(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The pointing-game block per source (a single-source report: its one source)."""
+    by_source = report.get("by_source") or {}
+    if by_source:
+        return {name: r.get("pointing_game") or {} for name, r in by_source.items()}
+    data = (report.get("data") or {}).get("name", "data")
+    return {Path(str(data)).name: report.get("pointing_game") or {}}
+
+
+def map_caution(report: Mapping[str, Any] | None, method: str) -> str | None:
+    """A caution when `method`'s maps are not clearly better than always pointing at the image centre on some
+    source of the report: the pointing game's 95% interval reaches down to the centre baseline. None otherwise,
+    and when the report did not measure `method`."""
+    if not report:
+        return None
+    weak = []
+    for source, game in _pointing_games(report).items():
+        summary = (game.get("methods") or {}).get(method) or {}
+        low, centre = (summary.get("ci95") or [None])[0], summary.get("centre_baseline")
+        if summary.get("hit_rate") is not None and low is not None and centre is not None and low <= centre:
+            high = summary["ci95"][-1]
+            weak.append(f"{source} {summary['hit_rate']:.2f} [{low:.2f}–{high:.2f}] against {centre:.2f}")
+    if not weak:
+        return None
+    return (f"On the valid boxes, `{method}` is not clearly better than always pointing at the image centre "
+            f"(its pointing game against that guess: {'; '.join(weak)}): read its maps as where the model looked, "
+            "not as where a finding is.")
 
 
 def weak_model_warning(report: Mapping[str, Any] | None) -> str | None:

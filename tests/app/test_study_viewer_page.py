@@ -261,3 +261,29 @@ def test_flip_switch_starts_at_the_models_own_default(tmp_path: Path, monkeypatc
     at.checkbox(key="viewer_tta").uncheck().run()
     assert at.checkbox(key="viewer_tta").value is False
     assert not any("with test-time flip" in c.value for c in at.caption)
+
+
+def test_a_map_no_better_than_the_centre_guess_carries_a_caution(tmp_path: Path, monkeypatch):
+    """When the model's shipped report finds the chosen map no better than always pointing at the image centre,
+    the viewer says so beside the heat maps; a map the report does not cover gets no caution."""
+    import json
+
+    import cv2
+
+    from fixtures.app import TINY_NAME
+
+    weights = build_tiny_weights(tmp_path / "weights")
+    report_file = weights / f"{TINY_NAME}.report" / "report.json"
+    report = json.loads(report_file.read_text())
+    report["pointing_game"] = {"methods": {"gradcam": {"n": 40, "hit_rate": 0.2, "ci95": [0.1, 0.35],
+                                                       "centre_baseline": 0.3}}}
+    report_file.write_text(json.dumps(report))
+    at = open_page(weights, monkeypatch, "pages/study_viewer.py")
+    at.selectbox(key="viewer_cam").set_value("gradcam").run()
+    image = (60 + 80 * np.random.default_rng(4).random((70, 90))).astype(np.uint8)
+    at = _upload(at, [("view.png", cv2.imencode(".png", image)[1].tobytes())])
+    assert not at.exception and not at.error
+    cautions = [w.value for w in at.warning if "image centre" in w.value]
+    assert len(cautions) == 1 and "`gradcam`" in cautions[0] and "0.20 [0.10–0.35] against 0.30" in cautions[0]
+    at.selectbox(key="viewer_cam").set_value("hirescam").run()
+    assert not any("image centre" in w.value for w in at.warning)

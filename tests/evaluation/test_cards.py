@@ -61,3 +61,20 @@ def test_the_flip_sentence_names_what_the_default_map_costs(tmp_path: Path, meth
     folder = ensemble_default_folder(tmp_path / "weights", data, default_tta={"pair": True},
                                      default_cam={"pair": method})
     assert cost in card_text("pair", folder)
+
+
+def test_a_card_whose_default_map_is_no_better_than_the_centre_says_so(tmp_path: Path) -> None:
+    import json
+
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data, default_cam={"pair": "hirescam"})
+    report_file = folder / "pair.report" / "report.json"
+    report = json.loads(report_file.read_text())
+    report.pop("by_source", None)
+    report["pointing_game"] = {"methods": {"hirescam": {"n": 30, "hit_rate": 0.1, "ci95": [0.03, 0.25],
+                                                        "centre_baseline": 0.2}}}
+    report_file.write_text(json.dumps(report))
+    assert "**Heat-map caution**" in card_text("pair", folder) and "`hirescam`" in card_text("pair", folder)
+    report["pointing_game"]["methods"]["hirescam"].update(hit_rate=0.7, ci95=[0.55, 0.82])
+    report_file.write_text(json.dumps(report))
+    assert "Heat-map caution" not in card_text("pair", folder)

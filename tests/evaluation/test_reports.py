@@ -113,3 +113,22 @@ def test_card_metrics_quote_leave_one_source_out_with_the_recipe_each_run_measur
     tagged = M.metrics_markdown(report, "x.report", {"description": "two", "runs": [{**run, "recipe": "lite2"}]})
     assert "| lite2 | FracAtlas |" in tagged
     assert "Leave-one-source-out" not in M.metrics_markdown(report, "x.report", None)
+
+
+def _game(rate: float, low: float, high: float, centre: float) -> dict:
+    return {"methods": {"cam": {"n": 50, "hit_rate": rate, "ci95": [low, high], "centre_baseline": centre}}}
+
+
+def test_map_caution_names_the_sources_where_the_map_is_no_better_than_the_centre() -> None:
+    from mura_core.evaluation.reports import map_caution
+
+    report = {"by_source": {"A": {"pointing_game": _game(0.80, 0.70, 0.88, 0.15)},
+                            "B": {"pointing_game": _game(0.42, 0.35, 0.49, 0.36)}}}
+    caution = map_caution(report, "cam")
+    assert caution is not None and "B 0.42 [0.35–0.49] against 0.36" in caution and "A " not in caution
+    report["by_source"]["B"]["pointing_game"] = _game(0.60, 0.50, 0.70, 0.36)
+    assert map_caution(report, "cam") is None                  # clearly better than the centre on every source
+    assert map_caution(report, "gradcam") is None              # not measured: nothing to say
+    assert map_caution(None, "cam") is None
+    single = {"data": {"name": "/data/MURA-v1.1"}, "pointing_game": _game(0.10, 0.05, 0.20, 0.20)}
+    assert "MURA-v1.1 0.10" in map_caution(single, "cam")
