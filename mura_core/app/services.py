@@ -643,26 +643,17 @@ def evaluation_results(model: str, data: str, split: str | None) -> tuple[list[S
 
 
 def card_markdown(name: str) -> str:
-    """The model card as markdown, its metrics quoted from the shipped report; an ensemble's card (members,
+    """The model card as markdown, the same text `python -m mura_core card` writes (`evaluation.cards.card_text`:
+    metrics quoted from the shipped report, default map and flip, heat-map caution); an ensemble's card (members,
     rule, thresholds, its own report) followed by each member's card with the member's own figures."""
-    from mura_core.evaluation.reports import metrics_markdown
-    from mura_core.models.checkpoints import render_card_markdown
-
     from mura_core.models.weights import list_ensembles
 
-    members = list_ensembles(weights_folder()).get(name)
-    if members:
-        return _ensemble_card_markdown(name, tuple(members), str(weights_folder()))
-    report, source = model_report(name)
-    section = (metrics_markdown(report, source, model_loso(name)) if report is not None else
-               f"## Metrics\n\nNo evaluate report ships with these weights ({source}); run "
-               "`python -m mura_core evaluate ... --out weights/<name>.report` to measure them.\n")
-    return "\n\n---\n\n".join(render_card_markdown(m.card, m.sha256, metrics_section=section)
-                                 for m in loaded_models(name))
+    members = list_ensembles(weights_folder()).get(name) or []
+    return _card_markdown(name, tuple(members), str(weights_folder()))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _ensemble_card_markdown(name: str, members: tuple[str, ...], folder: str) -> str:
+def _card_markdown(name: str, members: tuple[str, ...], folder: str) -> str:
     from mura_core.evaluation.cards import card_text
 
     return "\n\n---\n\n".join(card_text(n, folder) for n in (name, *members))

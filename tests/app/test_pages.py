@@ -67,6 +67,24 @@ def test_model_card_page_renders_card(app: AppTest):
     assert f"Model card: {TINY_NAME}" in text and "CC BY 4.0" in text and "Intended use" in text
 
 
+def test_a_single_models_card_page_is_the_card_file_text(tmp_path: Path, monkeypatch):
+    """The Model card page shows what `python -m mura_core card` writes (one text): the index's default map and
+    flip, not only the metrics, for a single checkpoint as for an ensemble."""
+    import json
+
+    from mura_core.evaluation.cards import card_text
+
+    weights = build_tiny_weights(tmp_path / "weights")
+    index = json.loads((weights / "index.json").read_text())
+    index.update(default_tta={TINY_NAME: True}, default_cam={TINY_NAME: "hirescam"})
+    (weights / "index.json").write_text(json.dumps(index))
+    at = start_app(weights, monkeypatch).switch_page("pages/model_card.py").run()
+    assert not at.exception, at.exception
+    text = at.markdown[0].value
+    assert text.strip() == card_text(TINY_NAME, weights).strip()
+    assert "**Default heat map**: `hirescam`" in text and "**Test-time flip**: on by default" in text
+
+
 def test_browser_filters_and_opens_study_in_viewer(app: AppTest):
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip("real data not available")
