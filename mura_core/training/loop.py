@@ -294,7 +294,7 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
                          pretrained_path=config.pretrained_path if start_from_imagenet else None).to(device)
     if config.init_from:
         state, config.extra["init_from_sha256"] = initial_weights(config.init_from, config.arch)
-        model.load_state_dict(state)
+        load_initial(model, state)
     if channels_last_on(device):
         model = model.to(memory_format=torch.channels_last)
     teacher = _teacher(config, device)
@@ -329,13 +329,37 @@ def _teacher(config: TrainConfig, device: torch.device) -> Teacher | None:
     return teacher
 
 
+BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc.")}
+"""Architectures whose CNN `backbone` is another registered architecture -> (that architecture, the prefix of its
+classifier, which the backbone does not have): `--init-from` may name a checkpoint of it, which then gives the
+backbone alone (the rest starts fresh)."""
+
+
 def initial_weights(name_or_path: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """The float32 state dict and sha256 of the checkpoint to fine-tune from (an indexed name in the
-    weights folder, sha256-checked, or a file); CheckpointError when unreadable or of another arch."""
+    weights folder, sha256-checked, or a file); for an arch of `BACKBONE_ARCHS`, a checkpoint of its backbone's
+    arch gives the ``backbone.`` weights alone (its own classifier dropped). CheckpointError when unreadable or of
+    another arch."""
     loaded = load_weights(name_or_path)
-    if loaded.card.arch != arch:
-        raise CheckpointError(f"--init-from {name_or_path}: a {loaded.card.arch!r} checkpoint, not {arch!r}")
-    return loaded.model.state_dict(), loaded.sha256
+    if loaded.card.arch == arch:
+        return loaded.model.state_dict(), loaded.sha256
+    backbone_arch, classifier = BACKBONE_ARCHS.get(arch, ("", ""))
+    if loaded.card.arch == backbone_arch:
+        return ({f"backbone.{k}": v for k, v in loaded.model.state_dict().items() if not k.startswith(classifier)},
+                loaded.sha256)
+    raise CheckpointError(f"--init-from {name_or_path}: a {loaded.card.arch!r} checkpoint, not {arch!r}")
+
+
+def load_initial(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `initial_weights` into `model`: all of it (strict), or, when every key is a ``backbone.`` one, the
+    backbone alone, every backbone weight required and nothing else touched."""
+    if not all(key.startswith("backbone.") for key in state):
+        model.load_state_dict(state)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    absent = [key for key in missing if key.startswith("backbone.")]
+    if unexpected or absent:
+        raise CheckpointError(f"the backbone weights do not fit: missing {absent[:3]}, unexpected {unexpected[:3]}")
 
 
 def _restore(run: _Run, last_path: Path) -> TrainState:
