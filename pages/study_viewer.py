@@ -34,7 +34,7 @@ with st.sidebar:
                        help="How the heat map is computed (each model's card names its default). 'cam-zoom' (the "
                             "default model's) refines classic CAM with one closer look at a window around its peak, "
                             "enlarged 1.6x: with the flip on, about 1.2x the cost of the score alone. 'cam-ms' (the "
-                            "other shipped models') averages classic CAM over two input scales and the mirror "
+                            "Lite members' default) averages classic CAM over two input scales and the mirror "
                             "image: four forwards. On the default model's validation boxes both hit findings "
                             "equally often, more often than 'cam', which needs no extra pass. Gradient methods add "
                             "one backward pass; the slow ones run hundreds of forward passes per image.")

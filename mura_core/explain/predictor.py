@@ -11,10 +11,11 @@ model card's ``thresholds[body_part]``, else ``thresholds["default"]``. Views th
 an error (the `DecodeError` reason) and the rest of the study is still scored.
 
 Test-time augmentation (``tta=True``): each view is also scored horizontally flipped; probabilities are
-averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`: ``cam-zoom``
-and ``cam-ms`` already forward the mirror images, so there the flip costs no extra forward). ``tta=None`` (every method's
-default) means the model's own choice, `Predictor.tta`: on for an index entry listed in ``"default_tta"``
-(the shipped default ensemble), so the viewer, the worklist and `evaluate` score it the same way.
+averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`:
+``cam-zoom`` and ``cam-ms`` already forward the mirror images, so there the flip costs no extra forward).
+``tta=None`` (every method's default) means the model's own choice, `Predictor.tta`: on for an index entry
+listed in ``"default_tta"`` (the shipped default ensemble), so the viewer, the worklist and `evaluate` score it
+the same way.
 
 Ensembles: several `LoadedModel`s (``weights/index.json`` "ensembles"). Probabilities are the mean of
 the members' probabilities. Heat maps are AVERAGED across the map members after each member's map is
