@@ -24,11 +24,14 @@ def card_text(name: str, weights_dir: str | Path | None = None) -> str:
     if members:
         return _ensemble_card(name, members, folder)
     loaded = load_weights(name, device="cpu", weights_dir=folder)
-    return render_card_markdown(loaded.card, loaded.sha256, metrics_section=_metrics_section(name, folder))
+    shown_map = Predictor.from_index(name, [loaded], device="cpu", weights_dir=folder).default_cam
+    return render_card_markdown(loaded.card, loaded.sha256,
+                                metrics_section=_metrics_section(name, folder, shown_map))
 
 
-def _metrics_section(name: str, folder: Path) -> str:
-    """The metrics section quoting `NAME.report`, with the model's leave-one-source-out summary."""
+def _metrics_section(name: str, folder: Path, shown_map: str) -> str:
+    """The metrics section quoting `NAME.report`, with the model's leave-one-source-out summary; `shown_map` is the
+    heat-map method the viewer starts at (`Predictor.default_cam`; the heat-map caution is about it)."""
     from mura_core.training.loso import model_loso
 
     ref = shipped_report(name, folder)
@@ -41,7 +44,7 @@ def _metrics_section(name: str, folder: Path) -> str:
     if method:
         text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen on these valid splits by the "
                  "pointing game above and its cost (README, Results and Speed).\n")
-    caution = map_caution(report, method or _first_measured_map(report))
+    caution = map_caution(report, shown_map)
     if caution:
         text += f"\n**Heat-map caution**: {caution}\n"
     if default_tta_for(name, folder):
@@ -51,12 +54,6 @@ def _metrics_section(name: str, folder: Path) -> str:
                     "the mirror image); scores alone take two forwards.\n" if method in SELF_FLIPPING_METHODS
                     else "Scores and maps take two forwards.\n"))
     return text
-
-
-def _first_measured_map(report: dict) -> str:
-    """The first heat-map method of the report's pointing game (the model's default when evaluate ran with its
-    default map), or "" when none was measured."""
-    return next(iter(((report.get("pointing_game") or {}).get("methods") or {})), "")
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
@@ -81,7 +78,7 @@ def _ensemble_card(name: str, members: list[str], folder: Path) -> str:
              f"**Thresholds** ({predictor.thresholds_source}): "
              + ", ".join(f"{k} {thresholds[k]:.3f}" for k in sorted(thresholds, key=lambda k: (k != "default", k)))
              + ".", "",
-             _metrics_section(name, folder),
+             _metrics_section(name, folder, predictor.default_cam),
              "## Intended use", "",
              "A second reader and teaching aid for upper-extremity radiographs. Not a medical device and "
              "not for diagnosis: every output must be checked by a qualified reader.", ""]

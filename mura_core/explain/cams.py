@@ -485,7 +485,7 @@ def _classic_pass(model: nn.Module, arch_spec: Any, rows: torch.Tensor, target: 
     n = int(rows.shape[0])
     step = n if rows.device.type != "cpu" else 1
     acts, raw = [], []
-    for start in range(0, n, max(step, 1)):
+    for start in range(0, n, step):
         part_acts, _, part_logits = _forward_capture(model, feature_layer, rows[start:start + step], target,
                                                      False, None, arch_spec.name)
         acts.append(part_acts)
@@ -562,6 +562,15 @@ def _zoom_cam(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, target: st
     for i, (top, left, _, _) in enumerate(windows):
         total[i, top:top + win_h, left:left + win_w] += zoomed[i] * taper
     return normalise_map(total), plain, mirrored
+
+
+def _self_flipping_cam(model: nn.Module, arch_spec: Any, inputs: torch.Tensor, target: str, method: str,
+                       mirror: bool) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """A `SELF_FLIPPING_METHODS` map: (maps, the inputs' logits, the mirror images' logits or None). ``cam-ms``
+    always forwards the mirror images; ``cam-zoom`` only with `mirror` (the test-time flip)."""
+    if method in MULTISCALE_METHODS:
+        return _multiscale_cam(model, arch_spec, inputs, target)
+    return _zoom_cam(model, arch_spec, inputs, target, mirror=mirror)
 
 
 def _multiscale_passes(inputs: torch.Tensor) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -767,10 +776,7 @@ def explain_with_flip(
         out.update({m: normalise_map((h[:n] + h[n:, :, ::-1]) / 2.0) for m, h in maps.items()})
     for method in (m for m in methods if m in SELF_FLIPPING_METHODS):
         with model_lock(model):
-            if method in MULTISCALE_METHODS:
-                out[method], plain, mirrored = _multiscale_cam(model, arch_spec, inputs, target)
-            else:
-                out[method], plain, mirrored = _zoom_cam(model, arch_spec, inputs, target, mirror=True)
+            out[method], plain, mirrored = _self_flipping_cam(model, arch_spec, inputs, target, method, mirror=True)
         if logits is None:
             logits = np.concatenate([_logits_np(plain), _logits_np(mirrored)])
     assert logits is not None
@@ -826,11 +832,8 @@ def explain_many(
                 raw = (_classic_raw(acts, arch_spec.classic_cam(model)[1], target) if method == "cam"
                        else _weighted_maps(method, acts, grads))
                 out[method] = _to_input_size(raw, size)
-        for method in (m for m in methods if m in MULTISCALE_METHODS):
-            out[method], raw_logits, _ = _multiscale_cam(model, arch_spec, inputs, target)
-            logits = _logits_np(raw_logits)
-        for method in (m for m in methods if m in ZOOM_METHODS):
-            out[method], raw_logits, _ = _zoom_cam(model, arch_spec, inputs, target, mirror=False)
+        for method in (m for m in methods if m in SELF_FLIPPING_METHODS):
+            out[method], raw_logits, _ = _self_flipping_cam(model, arch_spec, inputs, target, method, mirror=False)
             logits = _logits_np(raw_logits)
         for method in (m for m in methods if m in MULTILAYER_METHODS):
             maps, raw_logits = _library_fused(model, arch_spec, inputs, method, target)
