@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the loss given to the teacher's probabilities (with --teacher)")
     p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
                    help="softening temperature of teacher and student logits (with --teacher)")
+    p.add_argument("--feature-distill-weight", type=float, default=d.feature_distill_weight,
+                   help="weight of the feature hint: the student's last feature map, through a learned 1x1 "
+                        "convolution, regresses the teacher's (FitNets; with --teacher; 0: off)")
     p.add_argument("--select", choices=["loss", "auc", "source_auc"], default=d.select,
                    help="best epoch by validation loss (MURA), pooled AUC, or the mean of per-source AUCs")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without progress")

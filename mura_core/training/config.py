@@ -62,6 +62,9 @@ class TrainConfig:
     distill_weight: float = 0.5
     """alpha: the share of the loss given to the teacher's probabilities (with --teacher)."""
     distill_temperature: float = 2.0
+    feature_distill_weight: float = 0.0
+    """Weight of the feature hint (0 = off; with --teacher): the student's last feature map, through a learned
+    1x1 convolution, regresses the teacher's (`distill.FeatureHint`)."""
     select: str = "loss"
     """Best epoch by 'loss' (MURA), 'auc' (pooled valid AUC) or 'source_auc' (mean of per-source AUCs)."""
     patience: int = 4

@@ -32,7 +32,7 @@ from mura_core.training.augment import augment_batch, box_masks
 from mura_core.training.box_loss import FeatureCapture, box_attention_loss, cam_from_features
 from mura_core.training.cache import ImageCache, load_sources
 from mura_core.training.config import TrainConfig
-from mura_core.training.distill import Teacher, distillation_loss, load_teacher, teacher_logits
+from mura_core.training.distill import FeatureHint, Teacher, distillation_loss, load_teacher, teach
 from mura_core.training.evaluation import (
     channels_last_on,
     normalise,
@@ -86,14 +86,17 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam/AdamW/SGD with the backbone at lr * backbone_lr_scale and the rest at lr."""
+def _optimizer(model: nn.Module, config: TrainConfig, extra: list[nn.Parameter] | None = None
+               ) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD with the backbone at lr * backbone_lr_scale and the rest (and `extra`, parameters
+    that train beside the model but never ship, such as the feature hint's regressor) at lr."""
     from mura_core.training.outputs import backbone_parameters
 
     backbone_ids = {id(p) for p in backbone_parameters(model)}
     groups = [{"params": [p for p in model.parameters() if id(p) in backbone_ids],
                "lr": config.lr * config.backbone_lr_scale},
-              {"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": config.lr}]
+              {"params": [p for p in model.parameters() if id(p) not in backbone_ids] + list(extra or []),
+               "lr": config.lr}]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
@@ -150,6 +153,7 @@ class _Run:
     sampler: EpochSampler
     dataset: _IndexDataset
     teacher: Teacher | None = None
+    hint: FeatureHint | None = None
 
     @property
     def scored_model(self) -> nn.Module:
@@ -193,7 +197,7 @@ def _cam_layer(run: _Run) -> nn.Module:
 def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
     """One pass over the sampled training images; returns the mean training loss."""
     capture = FeatureCapture()
-    if run.config.box_loss_weight <= 0:
+    if run.config.box_loss_weight <= 0 and run.hint is None:
         return _train_batches(run, epoch, wrapped, frozen, capture)
     with capture.on(_cam_layer(run)):
         return _train_batches(run, epoch, wrapped, frozen, capture)
@@ -222,8 +226,11 @@ def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capt
         loss = (focal_loss(logits, targets, weights, config.focal_gamma) if config.loss == "focal"
                 else weighted_bce(logits, targets, weights))
         if run.teacher is not None:
-            soft = distillation_loss(logits, teacher_logits(run.teacher, grey), weights, config.distill_temperature)
+            taught = teach(run.teacher, grey, with_features=run.hint is not None)
+            soft = distillation_loss(logits, taught.logits, weights, config.distill_temperature)
             loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
+            if run.hint is not None:
+                loss = loss + config.feature_distill_weight * run.hint(capture.features, taught.features)
         loss = loss + _box_term(run, capture, masks, labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -298,12 +305,13 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
     if channels_last_on(device):
         model = model.to(memory_format=torch.channels_last)
     teacher = _teacher(config, device)
+    hint = _feature_hint(config, model, teacher, device)
     ema = None
     if config.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(model, config, None if hint is None else list(hint.parameters()))
     dataset = _IndexDataset(train_cache, config)
     weights = source_sampling_weights(train_cache.sources, config.source_balance) if config.source_balance else None
     sampler = EpochSampler(weights, len(train_cache), config.seed, dist.rank, dist.world)
@@ -315,7 +323,7 @@ def _setup(config: TrainConfig, dist: Any, device: torch.device) -> _Run:
                                                          patience=config.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     return _Run(config, device, dist, model, ema, optimizer, iter_scheduler, plateau, scaler, train_cache,
-                valid_cache, table, loader, sampler, dataset, teacher)
+                valid_cache, table, loader, sampler, dataset, teacher, hint)
 
 
 def _teacher(config: TrainConfig, device: torch.device) -> Teacher | None:
@@ -327,6 +335,20 @@ def _teacher(config: TrainConfig, device: torch.device) -> Teacher | None:
     teacher = load_teacher(config.teacher, device)
     config.extra["teacher_sha256"] = teacher.sha256
     return teacher
+
+
+def _feature_hint(config: TrainConfig, model: nn.Module, teacher: Teacher | None,
+                  device: torch.device) -> FeatureHint | None:
+    """--feature-distill-weight's regressor from the student's last map to the teacher's, or None when off.
+    Both need a pooled + Linear head (the map the head pools is the one copied)."""
+    if config.feature_distill_weight <= 0:
+        return None
+    if teacher is None:
+        raise ValueError("--feature-distill-weight needs a --teacher")
+    student = get_arch(config.arch).classic_cam(model)
+    if student is None or teacher.feature_layer is None:
+        raise ValueError("--feature-distill-weight needs a pooled + Linear head on the student and the teacher")
+    return FeatureHint(int(student[1].numel()), teacher.feature_channels).to(device)
 
 
 BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc.")}

@@ -98,7 +98,7 @@ def _recipe(config: TrainConfig) -> dict[str, Any]:
               if k not in {"out", "last", "resume", "register", "default", "name", "notes", "progress",
                            "licence", "cache_dir", "extra"}}
     if not config.teacher:  # the distillation settings mean nothing without a teacher
-        for key in ("teacher", "distill_weight", "distill_temperature"):
+        for key in ("teacher", "distill_weight", "distill_temperature", "feature_distill_weight"):
             recipe.pop(key)
     recipe["image_size"] = config.resolved_image_size()
     recipe["pretrained"] = config.resolved_pretrained()
