@@ -10,8 +10,8 @@ from mura_core.evaluation.reports import load_report, map_caution, metrics_markd
 from mura_core.explain.cams import SELF_FLIPPING_METHODS
 from mura_core.explain.predictor import Predictor
 from mura_core.models.checkpoints import render_card_markdown
-from mura_core.models.weights import (default_cam_for, default_tta_for, ensemble_maps_from, list_ensembles,
-                                     load_weights, weights_folder)
+from mura_core.models.weights import (default_cam_for, default_tta_for, description_for, ensemble_maps_from,
+                                     list_ensembles, load_weights, weights_folder)
 
 __all__ = ["card_text", "write_card"]
 
@@ -25,8 +25,8 @@ def card_text(name: str, weights_dir: str | Path | None = None) -> str:
         return _ensemble_card(name, members, folder)
     loaded = load_weights(name, device="cpu", weights_dir=folder)
     shown_map = Predictor.from_index(name, [loaded], device="cpu", weights_dir=folder).default_cam
-    return render_card_markdown(loaded.card, loaded.sha256,
-                                metrics_section=_metrics_section(name, folder, shown_map))
+    return render_card_markdown(loaded.card, loaded.sha256, metrics_section=_metrics_section(name, folder, shown_map),
+                                summary=description_for(name, folder))
 
 
 def _metrics_section(name: str, folder: Path, shown_map: str) -> str:

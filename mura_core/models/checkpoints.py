@@ -182,8 +182,10 @@ def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> lis
 
 
 def render_card_markdown(card: ModelCard | dict[str, Any], sha256: str | None = None, *,
-                         metrics_section: str | None = None) -> str:
-    """The model card as Markdown: architecture, data and licence, recipe, metrics, thresholds, limits.
+                         metrics_section: str | None = None, summary: str | None = None) -> str:
+    """The model card as Markdown: what it is, architecture, data and licence, recipe, metrics, thresholds, limits.
+
+    `summary` (the index's description of the checkpoint) says in words what these weights are.
 
     `metrics_section` (markdown quoting the shipped evaluate report, `evaluation.reports.metrics_markdown`)
     replaces the card's own training-time metrics, so a shipped card shows the same figures as the app.
@@ -194,6 +196,8 @@ def render_card_markdown(card: ModelCard | dict[str, Any], sha256: str | None = 
     metrics = dict(card.metrics)
     per_part = metrics.pop("per_body_part", None)
     lines = [f"# Model card: {card.name}", ""]
+    if summary:
+        lines += [f"**These weights**: {summary.rstrip('.')}.", ""]
     try:
         lines += [f"**Architecture**: `{card.arch}` — {get_arch(card.arch).description}.", ""]
     except ValueError:

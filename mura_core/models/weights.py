@@ -27,6 +27,7 @@ __all__ = [
     "default_cam_for",
     "default_name",
     "default_tta_for",
+    "description_for",
     "ensemble_maps_from",
     "ensemble_thresholds",
     "list_ensembles",
@@ -172,6 +173,13 @@ def default_tta_for(name: str | None, weights_dir: str | Path | None = None) -> 
     """Whether the index has a model or ensemble score with test-time flip by default (key ``"default_tta"``),
     chosen on its valid splits; False when the index says nothing."""
     return bool(_model_entry("default_tta", name, weights_dir))
+
+
+def description_for(name: str | None, weights_dir: str | Path | None = None) -> str | None:
+    """The index's one-line description of checkpoint `name` (what it is and how it was made; the card's first
+    line), None when the index has none."""
+    entry = _model_entry("models", name, weights_dir)
+    return str(entry["description"]) if entry and entry.get("description") else None
 
 
 def default_name(weights_dir: str | Path | None = None) -> str | None:

@@ -25,6 +25,20 @@ def test_an_ensemble_card_names_members_rule_thresholds_and_its_own_report(tmp_p
     assert write_card("pair", folder).read_text() == text
 
 
+def test_a_card_says_in_words_what_the_weights_are(tmp_path: Path) -> None:
+    from mura_core.models.weights import read_index, write_index
+
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data)
+    index = read_index(folder)
+    index["models"]["a"]["description"] = "A shallow CNN taught by b, 64 px"
+    write_index(index, folder)
+    assert "\n**These weights**: A shallow CNN taught by b, 64 px.\n" in card_text("a", folder)
+    del index["models"]["a"]["description"]
+    write_index(index, folder)
+    assert "These weights" not in card_text("a", folder)
+
+
 def test_a_card_names_the_default_map_its_index_chose(tmp_path: Path) -> None:
     data = tiny_manifest(tmp_path / "data", corrupt=0)
     folder = ensemble_default_folder(tmp_path / "weights", data, default_cam={"pair": "hirescam"})
