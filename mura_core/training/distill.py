@@ -80,10 +80,10 @@ def teach(teacher: Teacher, grey: torch.Tensor, with_features: bool = False) -> 
         grey = F.interpolate(grey, size=(teacher.image_size, teacher.image_size), mode="bilinear",
                              align_corners=False, antialias=True)
     x = normalise(grey.float(), teacher.mean, teacher.std)
-    capture = FeatureCapture()
     with torch.autocast(device_type=grey.device.type, enabled=False):
         if not with_features:
             return TeacherOutput(teacher.model(x).float()[:, 0])
+        capture = FeatureCapture()
         with capture.on(teacher.feature_layer):
             logits = teacher.model(x).float()[:, 0]
     return TeacherOutput(logits, capture.features.float())
@@ -106,7 +106,8 @@ class FeatureHint(nn.Module):
     outputs zeros, whatever the teacher's scale), that mean square floored at `MIN_TEACHER_POWER` so that a
     near-blank teacher map (a random-init network in eval mode gives about 1e-17) cannot blow the loss up.
     A student map on another grid is average-pooled to the teacher's. The regressor trains with the student
-    and is dropped afterwards: it never ships.
+    and is dropped afterwards: it never ships. Under torchrun each rank keeps its own regressor (outside the
+    DistributedDataParallel module); the student's gradients are averaged across ranks as usual.
     """
 
     MIN_TEACHER_POWER = 0.01
