@@ -94,7 +94,7 @@ def test_box_loss_ignores_normals_and_images_without_boxes() -> None:
     loss.backward()
     assert cam.grad[1].abs().sum() == 0 and cam.grad[2].abs().sum() == 0 and cam.grad[0].abs().sum() > 0
     zero = box_attention_loss(cam, masks, torch.zeros(3))
-    assert float(zero) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
 
 
 def test_masks_follow_their_image_through_augmentation() -> None:
