@@ -21,12 +21,11 @@ st.title("Study viewer")
 # ---- sidebar controls --------------------------------------------------------------------------
 model = services.selected_model()
 methods, default_cam = services.cam_methods(model)
-session.drop_invalid_choice("viewer_cam", methods)
+session.follow_default("viewer_cam", model, default_cam)
 flip_default = services.default_tta(model)
 session.follow_default("viewer_tta", model, flip_default)
-session.keep("viewer_target", "viewer_tta", "viewer_part", "viewer_scale",
-             defaults={"viewer_cam": default_cam, "viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0],
-                       "viewer_zoom": 1.0})
+session.keep("viewer_cam", "viewer_target", "viewer_tta", "viewer_part", "viewer_scale",
+             defaults={"viewer_alpha": 0.4, "viewer_colormap": OFFERED_COLORMAPS[0], "viewer_zoom": 1.0})
 with st.sidebar:
     st.header("Explanation")
     cam = st.selectbox("CAM method", methods,

@@ -148,3 +148,19 @@ def test_the_app_predictor_follows_the_index_on_maps(tmp_path: Path, monkeypatch
     at = start_app(folder, monkeypatch).switch_page("pages/study_viewer.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="viewer_cam").value == "hirescam"
+
+
+def test_the_viewer_starts_each_model_at_its_own_default_map(tmp_path: Path, monkeypatch) -> None:
+    """Switching models moves the CAM method to the new model's default (its card names it); the reader's own
+    choice holds while that model stays selected."""
+    folder = ensemble_default_folder(tmp_path / "weights", default_cam={"pair": "hirescam", "a": "gradcam"})
+    at = start_app(folder, monkeypatch).switch_page("pages/study_viewer.py").run()
+    assert at.selectbox(key="viewer_cam").value == "hirescam"
+    at.selectbox(key="sidebar_model").set_value("a").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="viewer_cam").value == "gradcam"
+    at.selectbox(key="viewer_cam").set_value("layercam").run()
+    at.run()
+    assert at.selectbox(key="viewer_cam").value == "layercam"
+    at.selectbox(key="sidebar_model").set_value("pair").run()
+    assert at.selectbox(key="viewer_cam").value == "hirescam"
