@@ -181,25 +181,27 @@ def _box_term(run: _Run, capture: FeatureCapture, masks: torch.Tensor, labels: t
     """The weighted box-attention loss of this batch (0 when the option is off)."""
     if run.config.box_loss_weight <= 0 or capture.features is None:
         return torch.zeros((), device=run.device)
-    _layer, weight = get_arch(run.config.arch).classic_cam(run.model)
+    _layer, weight = _pooled_head(run.config.arch, run.model, "--box-loss-weight")
     cam = cam_from_features(capture.features, weight)
     return run.config.box_loss_weight * box_attention_loss(cam, masks.to(run.device), labels)
 
 
-def _cam_layer(run: _Run) -> nn.Module:
-    """The feature layer the box loss reads; only pooled + Linear heads (classic CAM) qualify."""
-    found = get_arch(run.config.arch).classic_cam(run.model)
+def _pooled_head(arch: str, model: nn.Module, option: str) -> tuple[nn.Module, torch.Tensor]:
+    """The student's CAM layer (the map its head pools) and the head's weight; only pooled + Linear heads
+    (classic CAM) have them, so `option` (the flag that needs them) is refused otherwise."""
+    found = get_arch(arch).classic_cam(model)
     if found is None:
-        raise ValueError(f"--box-loss-weight needs a pooled + Linear head; {run.config.arch} has none")
-    return found[0]
+        raise ValueError(f"{option} needs a pooled + Linear head; {arch} has none")
+    return found
 
 
 def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
-    """One pass over the sampled training images; returns the mean training loss."""
+    """One pass over the sampled training images; returns the mean training loss. The box loss and the
+    feature hint both read the student's CAM layer, captured once per forward."""
     capture = FeatureCapture()
     if run.config.box_loss_weight <= 0 and run.hint is None:
         return _train_batches(run, epoch, wrapped, frozen, capture)
-    with capture.on(_cam_layer(run)):
+    with capture.on(_pooled_head(run.config.arch, run.model, "--box-loss-weight")[0]):
         return _train_batches(run, epoch, wrapped, frozen, capture)
 
 
@@ -345,10 +347,10 @@ def _feature_hint(config: TrainConfig, model: nn.Module, teacher: Teacher | None
         return None
     if teacher is None:
         raise ValueError("--feature-distill-weight needs a --teacher")
-    student = get_arch(config.arch).classic_cam(model)
-    if student is None or teacher.feature_layer is None:
-        raise ValueError("--feature-distill-weight needs a pooled + Linear head on the student and the teacher")
-    return FeatureHint(int(student[1].numel()), teacher.feature_channels).to(device)
+    _layer, head_weight = _pooled_head(config.arch, model, "--feature-distill-weight")
+    if teacher.feature_layer is None:
+        raise ValueError("--feature-distill-weight needs a teacher with a pooled + Linear head")
+    return FeatureHint(int(head_weight.numel()), teacher.feature_channels).to(device)
 
 
 BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc.")}
