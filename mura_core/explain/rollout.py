@@ -9,12 +9,15 @@ share, and the patch tokens' shares, laid back on their h x w grid, are the map.
 
 The method is class-agnostic (no gradient, no target): the same map explains "abnormal" and "normal".
 It is offered only for models with `nn.TransformerEncoderLayer` blocks (`has_attention`): today the
-`hybrid` CNN-transformer (`models.registry.HybridCNNTransformer`). No hybrid checkpoint ships in
-`weights/`; the method appears for hybrid checkpoints a user trains (``train --arch hybrid``).
+`hybrid` CNN-transformer (`models.registry.HybridCNNTransformer`), such as the shipped
+`hybrid_multisource`, whose default map it is.
 
 The attention weights are recomputed from each block's own input (captured by a forward pre-hook, as seen
-by the calling thread only) with the block's `self_attn` and ``need_weights=True``: PyTorch's fused
-encoder path never materialises them, and the recomputation costs one attention per layer.
+by the calling thread only) from the block's query and key projections: PyTorch's fused encoder path never
+materialises them, and the recomputation costs one attention per layer. It applies no attention dropout, so
+the map is the same in training and inference mode, and it keeps gradients outside inference mode: the
+training loop's box loss (`training.box_loss.RolloutCapture`) pulls the rollout of an abnormal image into its
+finding boxes.
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["attention_layers", "attention_rollout", "has_attention", "layer_attention", "pooled_token_map",
-           "rollout"]
+__all__ = ["AttentionInputs", "attention_layers", "attention_rollout", "has_attention", "layer_attention",
+           "pooled_token_map", "recording", "rollout"]
 
 
 def attention_layers(model: nn.Module) -> list[nn.TransformerEncoderLayer]:
@@ -43,12 +47,25 @@ def has_attention(model: nn.Module) -> bool:
 
 
 def layer_attention(layer: nn.TransformerEncoderLayer, tokens: torch.Tensor) -> torch.Tensor:
-    """The layer's self-attention for its input `tokens` (N, T, C), averaged over heads: (N, T, T)."""
-    x = layer.norm1(tokens) if layer.norm_first else tokens
-    if not layer.self_attn.batch_first:
+    """The layer's self-attention for its input `tokens` (N, T, C), averaged over heads: (N, T, T).
+
+    softmax(q k^T / sqrt(d)) per head from the layer's own projections, without attention dropout (the
+    weights the layer's forward would use at inference), in the projections' dtype (so a bf16 activation
+    captured under autocast is read in float32), differentiable outside inference mode.
+    """
+    attention = layer.self_attn
+    weight = attention.in_proj_weight
+    x = tokens.to(weight.dtype)
+    x = layer.norm1(x) if layer.norm_first else x
+    if not attention.batch_first:
         x = x.transpose(0, 1)
-    _, weights = layer.self_attn(x, x, x, need_weights=True, average_attn_weights=True)
-    return weights
+    q, k, _ = F.linear(x, weight, attention.in_proj_bias).chunk(3, dim=-1)
+    n, t, channels = q.shape
+    heads = attention.num_heads
+    q = q.reshape(n, t, heads, channels // heads).transpose(1, 2)
+    k = k.reshape(n, t, heads, channels // heads).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(channels // heads)
+    return torch.softmax(scores, dim=-1).mean(dim=1)
 
 
 def rollout(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -86,22 +103,36 @@ def pooled_token_map(joint: torch.Tensor) -> torch.Tensor:
     return row.reshape(row.shape[0], side, side)
 
 
-class _Inputs:
-    """Forward pre-hook state: each attention layer's input, as seen by the registering thread only."""
+class AttentionInputs:
+    """Each attention layer's input from the forwards inside `recording`, as seen by the registering thread
+    only; `token_maps` rolls out the latest forward's."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer_count: int) -> None:
         self.owner = threading.get_ident()
+        self.layer_count = layer_count
         self.seen: list[tuple[nn.Module, torch.Tensor]] = []
 
     def hook(self, module: nn.Module, args: Any) -> None:
         if threading.get_ident() == self.owner and args and isinstance(args[0], torch.Tensor):
             self.seen.append((module, args[0]))
 
+    def token_maps(self) -> torch.Tensor:
+        """The rollout maps (N, h, w, float64) of the forward recorded since the last call, which they clear:
+        with gradients when that forward kept them. ValueError when not every attention layer ran."""
+        seen, self.seen = self.seen, []
+        if len(seen) != self.layer_count:
+            raise ValueError(f"{len(seen)} of {self.layer_count} attention layers ran in the forward")
+        return pooled_token_map(rollout([layer_attention(layer, tokens) for layer, tokens in seen]))
+
 
 @contextlib.contextmanager
-def _recording(layers: Sequence[nn.Module]) -> Iterator[_Inputs]:
-    """Pre-hooks on every layer for the block; always removed afterwards."""
-    inputs = _Inputs()
+def recording(model: nn.Module) -> Iterator[AttentionInputs]:
+    """Pre-hooks on every attention layer of `model` for the block; always removed afterwards.
+    ValueError for a model without attention layers."""
+    layers = attention_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no attention layers to roll out")
+    inputs = AttentionInputs(len(layers))
     handles = [layer.register_forward_pre_hook(inputs.hook) for layer in layers]
     try:
         yield inputs
@@ -116,13 +147,7 @@ def attention_rollout(model: nn.Module, inputs: torch.Tensor) -> tuple[np.ndarra
     Returns (maps float32 (N, h, w), unnormalised shares of the pooled token; logits (N, 1)).
     Raises ValueError for a model without attention layers.
     """
-    layers = attention_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no attention layers to roll out")
-    with torch.inference_mode(), _recording(layers) as recorded:
+    with torch.inference_mode(), recording(model) as recorded:
         logits = model(inputs)
-        attentions = [layer_attention(layer, tokens) for layer, tokens in recorded.seen]
-    if len(attentions) != len(layers):
-        raise ValueError(f"{len(attentions)} of {len(layers)} attention layers ran in the forward")
-    maps = pooled_token_map(rollout(attentions))
+        maps = recorded.token_maps()
     return maps.float().cpu().numpy(), logits.detach()

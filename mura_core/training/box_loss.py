@@ -5,6 +5,11 @@ abnormal training images with boxes, the CAM of the pooled + Linear head (weight
 turned into a distribution over map cells (softmax), and the loss is -log of the share that falls
 inside the boxes. Added to the classification loss with a small weight, it teaches the model to put
 its evidence where the radiologist drew the box, without asking for a segmentation.
+
+A transformer without a pooled + Linear head (the `hybrid`) has no CAM; its map is the attention rollout
+(`explain.rollout`), the class token's share of each patch token. `RolloutCapture` rolls out every training
+forward's attention with gradients and hands the box loss the log of those shares, whose softmax is the shares
+renormalised over the patches: the same loss then pulls the class token's attention into the boxes.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FeatureCapture", "cam_from_features", "box_attention_loss"]
+from mura_core.explain.rollout import AttentionInputs, recording
+
+__all__ = ["FeatureCapture", "RolloutCapture", "box_attention_loss", "cam_from_features"]
 
 _EPS = 1e-6
 
@@ -36,6 +43,28 @@ class FeatureCapture:
             yield self
         finally:
             handle.remove()
+
+
+class RolloutCapture:
+    """Records the attention layers' inputs during each forward (pre-hooks) to roll out that forward's attention."""
+
+    def __init__(self) -> None:
+        self.recorded: AttentionInputs | None = None
+
+    @contextmanager
+    def on(self, model: nn.Module) -> Iterator["RolloutCapture"]:
+        with recording(model) as recorded:
+            self.recorded = recorded
+            try:
+                yield self
+            finally:
+                self.recorded = None
+
+    def log_shares(self) -> torch.Tensor:
+        """(B, h, w) log of the latest forward's rollout shares of the patch tokens, for `box_attention_loss`."""
+        if self.recorded is None:
+            raise RuntimeError("RolloutCapture.log_shares outside its `on` block")
+        return torch.log(self.recorded.token_maps().float().clamp_min(_EPS))
 
 
 def cam_from_features(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

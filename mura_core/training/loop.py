@@ -29,7 +29,8 @@ from mura_core.models.registry import create_model, get_arch
 from mura_core.models.weights import load_weights
 from mura_core.training import distributed as dist_utils
 from mura_core.training.augment import augment_batch, box_masks
-from mura_core.training.box_loss import FeatureCapture, box_attention_loss, cam_from_features
+from mura_core.explain.rollout import has_attention
+from mura_core.training.box_loss import FeatureCapture, RolloutCapture, box_attention_loss, cam_from_features
 from mura_core.training.cache import ImageCache, load_sources
 from mura_core.training.config import TrainConfig
 from mura_core.training.distill import FeatureHint, Teacher, distillation_loss, load_teacher, teach
@@ -177,13 +178,20 @@ def _mixed_precision(device: torch.device, amp: bool) -> Any:
     return bf16_autocast(device, amp and device.type == "cpu" and native_bf16(device))
 
 
-def _box_term(run: _Run, capture: FeatureCapture, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The weighted box-attention loss of this batch (0 when the option is off)."""
-    if run.config.box_loss_weight <= 0 or capture.features is None:
+def _box_term(run: _Run, capture: FeatureCapture | RolloutCapture, masks: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+    """The weighted box-attention loss of this batch (0 when the option is off): on the CAM of a pooled + Linear
+    head, or on the attention rollout of a transformer without one."""
+    if run.config.box_loss_weight <= 0:
         return torch.zeros((), device=run.device)
-    _layer, weight = _pooled_head(run.config.arch, run.model, "--box-loss-weight")
-    cam = cam_from_features(capture.features, weight)
-    return run.config.box_loss_weight * box_attention_loss(cam, masks.to(run.device), labels)
+    if isinstance(capture, RolloutCapture):
+        scores = capture.log_shares()
+    elif capture.features is None:
+        return torch.zeros((), device=run.device)
+    else:
+        _layer, weight = _pooled_head(run.config.arch, run.model, "--box-loss-weight")
+        scores = cam_from_features(capture.features, weight)
+    return run.config.box_loss_weight * box_attention_loss(scores, masks.to(run.device), labels)
 
 
 def _pooled_head(arch: str, model: nn.Module, option: str) -> tuple[nn.Module, torch.Tensor]:
@@ -195,17 +203,30 @@ def _pooled_head(arch: str, model: nn.Module, option: str) -> tuple[nn.Module, t
     return found
 
 
+def _box_on_rollout(run: _Run) -> bool:
+    """True when the box loss reads the attention rollout: a transformer without a pooled + Linear head, and no
+    feature hint (which needs that head)."""
+    return (run.config.box_loss_weight > 0 and run.hint is None
+            and get_arch(run.config.arch).classic_cam(run.model) is None and has_attention(run.model))
+
+
 def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
     """One pass over the sampled training images; returns the mean training loss. The box loss and the
-    feature hint both read the student's CAM layer, captured once per forward."""
-    capture = FeatureCapture()
+    feature hint both read the student's CAM layer, captured once per forward; a transformer's box loss reads
+    its attention, rolled out after each forward."""
     if run.config.box_loss_weight <= 0 and run.hint is None:
-        return _train_batches(run, epoch, wrapped, frozen, capture)
-    with capture.on(_pooled_head(run.config.arch, run.model, "--box-loss-weight")[0]):
+        return _train_batches(run, epoch, wrapped, frozen, FeatureCapture())
+    if _box_on_rollout(run):
+        rollout = RolloutCapture()
+        with rollout.on(run.model):
+            return _train_batches(run, epoch, wrapped, frozen, rollout)
+    capture = FeatureCapture()
+    with capture.on(_pooled_head(run.config.arch, run.model, "--box-loss-weight without attention layers")[0]):
         return _train_batches(run, epoch, wrapped, frozen, capture)
 
 
-def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capture: FeatureCapture) -> float:
+def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool,
+                   capture: FeatureCapture | RolloutCapture) -> float:
     config, spec = run.config, get_arch(run.config.arch)
     wrapped.train()
     if frozen:

@@ -66,6 +66,25 @@ def test_layer_attention_matches_a_hand_computed_softmax(hybrid, batch):
     torch.testing.assert_close(layer_attention(layer, tokens), manual, atol=1e-5, rtol=1e-4)
 
 
+def test_layer_attention_is_the_same_in_training_mode_and_keeps_gradients(hybrid):
+    """No attention dropout in the recomputed weights (the box loss reads them while the model trains), bf16
+    input read in the projections' float32, and a gradient path to the projections."""
+    layer = hybrid.blocks[0]
+    assert layer.self_attn.dropout > 0
+    torch.manual_seed(3)
+    tokens = torch.randn(2, 10, 32)
+    reference = layer_attention(layer.eval(), tokens)
+    layer.train()
+    first, second = layer_attention(layer, tokens), layer_attention(layer, tokens)
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(second, reference)
+    torch.testing.assert_close(first.sum(-1), torch.ones(2, 10))
+    half = layer_attention(layer, tokens.bfloat16())
+    assert half.dtype == torch.float32 and (half - reference).abs().max() < 0.05
+    first[:, 0, 1:].sum().backward()
+    assert layer.self_attn.in_proj_weight.grad is not None and layer.self_attn.in_proj_weight.grad.abs().sum() > 0
+
+
 def test_rollout_map_on_a_tiny_hybrid(hybrid, batch):
     assert "rollout" in E.available_methods(hybrid, HYBRID)
     maps, logits = E.explain_batch(hybrid, HYBRID, batch, "rollout")
