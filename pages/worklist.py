@@ -74,7 +74,7 @@ if shown:
         if linked.study is None:
             st.error(linked.error or f"Study {study_id} not found.")
         else:
-            methods, cam = services.cam_methods(model)
+            _methods, cam = services.cam_methods(model)
             result, _ = services.score_study(model, linked.study, cam=cam)
             right.download_button(
                 "Download the report (HTML)", key="worklist_report", mime="text/html", on_click="ignore",

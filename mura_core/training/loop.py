@@ -374,7 +374,8 @@ def _feature_hint(config: TrainConfig, model: nn.Module, teacher: Teacher | None
     return FeatureHint(int(head_weight.numel()), teacher.feature_channels).to(device)
 
 
-BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc.")}
+BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc."),
+                                              "hybrid_lite2": ("efficientnet_lite2", "_fc.")}
 """Architectures whose CNN `backbone` is another registered architecture -> (that architecture, the prefix of its
 classifier, which the backbone does not have): `--init-from` may name a checkpoint of it, which then gives the
 backbone alone (the rest starts fresh)."""

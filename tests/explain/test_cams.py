@@ -326,7 +326,7 @@ def test_overlay_alpha_extremes_and_colour_order():
 # the table's default (classic CAM) where the head is "pool + one Linear", else Grad-CAM
 EXPECTED_DEFAULT = {**{arch: E.DEFAULT_CAM for arch in ("densenet169", "densenet121", "efficientnet_lite0",
                                                         "mobilenet_v2", "resnet50")},
-                    **{arch: E.FALLBACK_CAM for arch in ("hybrid", "shallow_cnn", "vgg19_bn")}}
+                    **{arch: E.FALLBACK_CAM for arch in ("hybrid", "hybrid_lite2", "shallow_cnn", "vgg19_bn")}}
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED_DEFAULT))

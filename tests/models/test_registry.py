@@ -20,8 +20,8 @@ from mura_core.models.registry import (
 
 torch.set_num_threads(2)
 
-EXPECTED = {"densenet169", "densenet121", "hybrid", "efficientnet_lite0", "efficientnet_lite2", "shallow_cnn",
-            "resnet50", "vgg19_bn", "mobilenet_v2"}
+EXPECTED = {"densenet169", "densenet121", "hybrid", "hybrid_lite2", "efficientnet_lite0", "efficientnet_lite2",
+            "shallow_cnn", "resnet50", "vgg19_bn", "mobilenet_v2"}
 TINY = 64
 
 
@@ -72,7 +72,7 @@ def test_classic_cam_equals_head_on_pooled_features(name: str) -> None:
     torch.testing.assert_close(cam.mean(dim=(1, 2)) + head.bias, logit[:, 0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["hybrid", "shallow_cnn", "vgg19_bn"])
+@pytest.mark.parametrize("name", ["hybrid", "hybrid_lite2", "shallow_cnn", "vgg19_bn"])
 def test_classic_cam_absent_where_head_is_not_pool_plus_linear(name: str) -> None:
     assert get_arch(name).classic_cam(create_model(name)) is None
 
@@ -202,12 +202,15 @@ def test_efficientnet_pretrained_backbone_is_used_by_create_model() -> None:
     hybrid = create_model("hybrid", pretrained=True)
     torch.testing.assert_close(hybrid.backbone._blocks[3]._depthwise_conv.weight,
                                reference._blocks[3]._depthwise_conv.weight)
+    hybrid_lite2 = create_model("hybrid_lite2", pretrained=True)
+    torch.testing.assert_close(hybrid_lite2.backbone._blocks[20]._project_conv.weight,
+                               efficientnet_lite_imagenet(2)._blocks[20]._project_conv.weight)
 
 
-@pytest.mark.parametrize("size", [64, 96])
-def test_hybrid_tokens_and_reshape_transform(size: int) -> None:
-    model = create_model("hybrid").eval()
-    spec = get_arch("hybrid")
+@pytest.mark.parametrize("name, size", [("hybrid", 64), ("hybrid", 96), ("hybrid_lite2", 96)])
+def test_hybrid_tokens_and_reshape_transform(name: str, size: int) -> None:
+    model = create_model(name).eval()
+    spec = get_arch(name)
     seen = {}
     handle = spec.cam_target_layer(model).register_forward_hook(
         lambda m, i, o: seen.setdefault("tokens", o.detach()))

@@ -230,9 +230,13 @@ def test_leave_one_source_out_scores_each_source_with_a_model_that_never_saw_it(
     assert [r["held_out"] for r in json.loads((tmp_path / "loso.json").read_text())["runs"]] == ["data"]
 
 
-def test_a_hybrid_starts_its_backbone_from_a_lite0_checkpoint(tmp_path: Path) -> None:
-    """`--init-from` a Lite0 checkpoint for the hybrid: its backbone takes every Lite0 weight but the classifier, the
-    encoder and head keep their fresh start; a state dict that does not fit the backbone is refused."""
+@pytest.mark.parametrize("hybrid_arch, backbone_arch", [("hybrid", "efficientnet_lite0"),
+                                                         ("hybrid_lite2", "efficientnet_lite2")])
+def test_a_hybrid_starts_its_backbone_from_a_lite_checkpoint(tmp_path: Path, hybrid_arch: str,
+                                                             backbone_arch: str) -> None:
+    """`--init-from` a Lite checkpoint for the hybrid on that Lite: its backbone takes every Lite weight but the
+    classifier, the encoder and head keep their fresh start; a state dict that does not fit the backbone is
+    refused, and so is the other Lite."""
     import torch
 
     from mura_core.models.checkpoints import ModelCard, save_checkpoint
@@ -240,20 +244,23 @@ def test_a_hybrid_starts_its_backbone_from_a_lite0_checkpoint(tmp_path: Path) ->
     from mura_core.training.loop import initial_weights, load_initial
 
     torch.manual_seed(0)
-    lite0 = create_model("efficientnet_lite0")
-    spec = get_arch("efficientnet_lite0")
-    card = ModelCard(name="l0", arch="efficientnet_lite0", image_size=64, mean=spec.mean, std=spec.std)
-    sha = save_checkpoint(tmp_path / "l0.pt", lite0, card)
-    state, got_sha = initial_weights(str(tmp_path / "l0.pt"), "hybrid")
+    lite = create_model(backbone_arch)
+    spec = get_arch(backbone_arch)
+    card = ModelCard(name="lite", arch=backbone_arch, image_size=64, mean=spec.mean, std=spec.std)
+    sha = save_checkpoint(tmp_path / "l0.pt", lite, card)
+    state, got_sha = initial_weights(str(tmp_path / "l0.pt"), hybrid_arch)
     assert got_sha == sha and all(k.startswith("backbone.") for k in state) and not any("_fc." in k for k in state)
-    hybrid = create_model("hybrid")
+    hybrid = create_model(hybrid_arch)
     head_before = hybrid.head.weight.detach().clone()
     load_initial(hybrid, state)
-    for key, value in lite0.state_dict().items():
+    for key, value in lite.state_dict().items():
         if not key.startswith("_fc."):
             torch.testing.assert_close(hybrid.state_dict()[f"backbone.{key}"], value)
     torch.testing.assert_close(hybrid.head.weight, head_before)
     with pytest.raises(Exception, match="do not fit"):
-        load_initial(create_model("hybrid"), {k: v for k, v in list(state.items())[1:]})
+        load_initial(create_model(hybrid_arch), {k: v for k, v in list(state.items())[1:]})
+    other = "hybrid_lite2" if hybrid_arch == "hybrid" else "hybrid"
+    with pytest.raises(Exception):
+        load_initial(create_model(other), state)
     with pytest.raises(Exception, match="not 'densenet121'"):
         initial_weights(str(tmp_path / "l0.pt"), "densenet121")
