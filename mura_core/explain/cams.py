@@ -30,7 +30,7 @@ target layer); `explain_many` gives several methods from that one pass. Methods 
   frozen for it, so no weight gradients); a fine map for hairline findings a 7x7 grid cannot place.
 - ``rollout``: attention rollout (Abnar & Zuidema 2020, `explain.rollout`): the class token's share of
   every patch token, multiplied through the encoder layers. Only for models with attention layers (the
-  `hybrid`, e.g. the shipped `hybrid_multisource`, whose default map it is); class-agnostic.
+  hybrids, e.g. the shipped `hybrid_lite2_box`, whose default map it is); class-agnostic.
 - ``scorecam``, ``ablationcam``: delegated to pytorch-grad-cam; they run hundreds to thousands of
   extra forward passes per image, so they are listed in `SLOW_METHODS` and never a default
   (`explain.slow` adds an estimate, progress, cancel and a one-at-a-time gate).

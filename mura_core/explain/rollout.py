@@ -9,8 +9,8 @@ share, and the patch tokens' shares, laid back on their h x w grid, are the map.
 
 The method is class-agnostic (no gradient, no target): the same map explains "abnormal" and "normal".
 It is offered only for models with `nn.TransformerEncoderLayer` blocks (`has_attention`): today the
-`hybrid` CNN-transformer (`models.registry.HybridCNNTransformer`), such as the shipped
-`hybrid_multisource`, whose default map it is.
+`hybrid` and `hybrid_lite2` CNN-transformers (`models.registry.HybridCNNTransformer`), such as the shipped
+`hybrid_lite2_box`, whose default map it is.
 
 The attention weights are recomputed from each block's own input (captured by a forward pre-hook, as seen
 by the calling thread only) from the block's query and key projections: PyTorch's fused encoder path never

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mura_core.explain.rollout import has_attention
 from mura_core.models.checkpoints import CheckpointError
 from mura_core.models.registry import create_model, get_arch
 from mura_core.models.weights import load_weights
 from mura_core.training import distributed as dist_utils
 from mura_core.training.augment import augment_batch, box_masks
-from mura_core.explain.rollout import has_attention
 from mura_core.training.box_loss import FeatureCapture, RolloutCapture, box_attention_loss, cam_from_features
 from mura_core.training.cache import ImageCache, load_sources
 from mura_core.training.config import TrainConfig
