@@ -6,7 +6,7 @@ turned into a distribution over map cells (softmax), and the loss is -log of the
 inside the boxes. Added to the classification loss with a small weight, it teaches the model to put
 its evidence where the radiologist drew the box, without asking for a segmentation.
 
-A transformer without a pooled + Linear head (the `hybrid`) has no CAM; its map is the attention rollout
+A transformer without a pooled + Linear head (the hybrids) has no CAM; its map is the attention rollout
 (`explain.rollout`), the class token's share of each patch token. `RolloutCapture` rolls out every training
 forward's attention with gradients and hands the box loss the log of those shares, whose softmax is the shares
 renormalised over the patches: the same loss then pulls the class token's attention into the boxes.
