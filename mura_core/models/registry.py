@@ -82,6 +82,9 @@ class ArchSpec:
     """(feature layer before global pooling, weight vector (C,)) when the head is pool + one Linear."""
     pretrained_available: bool = False
     """True when ImageNet weights ship offline with the environment."""
+    backbone_arch: str | None = None
+    """For a model built around another registered architecture's network (its `backbone` attribute, without
+    that network's `_fc` classifier): that architecture, whose checkpoints can start the backbone."""
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -564,7 +567,8 @@ for _name, _variant, _size in (("hybrid", 0, 224), ("hybrid_lite2", 2, 384)):
         description=f"Hybrid CNN + transformer: EfficientNet-Lite{_variant} map as tokens, CLS token, 2 encoder layers",
         cam_target_layer=lambda m: m.blocks[-2] if len(m.blocks) > 1 else m.blocks[-1],  # see HybridCNNTransformer
         reshape_transform=tokens_to_map,
-        pretrained_available=True))
+        pretrained_available=True,
+        backbone_arch=f"efficientnet_lite{_variant}"))
 register_model(ArchSpec(
     name="shallow_cnn", builder=_build_shallow, default_image_size=128,
     mean=IMAGENET_MEAN, std=IMAGENET_STD,

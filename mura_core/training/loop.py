@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -178,19 +178,13 @@ def _mixed_precision(device: torch.device, amp: bool) -> Any:
     return bf16_autocast(device, amp and device.type == "cpu" and native_bf16(device))
 
 
-def _box_term(run: _Run, capture: FeatureCapture | RolloutCapture, masks: torch.Tensor,
+def _box_term(run: _Run, box_scores: Callable[[], torch.Tensor | None], masks: torch.Tensor,
               labels: torch.Tensor) -> torch.Tensor:
-    """The weighted box-attention loss of this batch (0 when the option is off): on the CAM of a pooled + Linear
-    head, or on the attention rollout of a transformer without one."""
-    if run.config.box_loss_weight <= 0:
+    """The weighted box-attention loss of this batch on the map `box_scores` gives for the latest forward (0 when
+    the option is off or no map was captured)."""
+    scores = box_scores() if run.config.box_loss_weight > 0 else None
+    if scores is None:
         return torch.zeros((), device=run.device)
-    if isinstance(capture, RolloutCapture):
-        scores = capture.log_shares()
-    elif capture.features is None:
-        return torch.zeros((), device=run.device)
-    else:
-        _layer, weight = _pooled_head(run.config.arch, run.model, "--box-loss-weight")
-        scores = cam_from_features(capture.features, weight)
     return run.config.box_loss_weight * box_attention_loss(scores, masks.to(run.device), labels)
 
 
@@ -211,22 +205,27 @@ def _box_on_rollout(run: _Run) -> bool:
 
 
 def _train_epoch(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool) -> float:
-    """One pass over the sampled training images; returns the mean training loss. The box loss and the
-    feature hint both read the student's CAM layer, captured once per forward; a transformer's box loss reads
-    its attention, rolled out after each forward."""
+    """One pass over the sampled training images; returns the mean training loss. Which map the box loss reads is
+    decided here, once: the CAM of a pooled + Linear head (its layer captured once per forward, and shared with the
+    feature hint), or a transformer's attention, rolled out after each forward."""
+    capture = FeatureCapture()
     if run.config.box_loss_weight <= 0 and run.hint is None:
-        return _train_batches(run, epoch, wrapped, frozen, FeatureCapture())
+        return _train_batches(run, epoch, wrapped, frozen, capture, lambda: None)
     if _box_on_rollout(run):
         rollout = RolloutCapture()
         with rollout.on(run.model):
-            return _train_batches(run, epoch, wrapped, frozen, rollout)
-    capture = FeatureCapture()
+            return _train_batches(run, epoch, wrapped, frozen, capture, rollout.log_shares)
+
+    def cam() -> torch.Tensor | None:
+        weight = _pooled_head(run.config.arch, run.model, "--box-loss-weight")[1]
+        return None if capture.features is None else cam_from_features(capture.features, weight)
+
     with capture.on(_pooled_head(run.config.arch, run.model, "--box-loss-weight without attention layers")[0]):
-        return _train_batches(run, epoch, wrapped, frozen, capture)
+        return _train_batches(run, epoch, wrapped, frozen, capture, cam)
 
 
-def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool,
-                   capture: FeatureCapture | RolloutCapture) -> float:
+def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool, capture: FeatureCapture,
+                   box_scores: Callable[[], torch.Tensor | None]) -> float:
     config, spec = run.config, get_arch(run.config.arch)
     wrapped.train()
     if frozen:
@@ -254,7 +253,7 @@ def _train_batches(run: _Run, epoch: int, wrapped: nn.Module, frozen: bool,
             loss = (1.0 - config.distill_weight) * loss + config.distill_weight * soft
             if run.hint is not None:
                 loss = loss + config.feature_distill_weight * run.hint(capture.features, taught.features)
-        loss = loss + _box_term(run, capture, masks, labels)
+        loss = loss + _box_term(run, box_scores, masks, labels)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -374,24 +373,22 @@ def _feature_hint(config: TrainConfig, model: nn.Module, teacher: Teacher | None
     return FeatureHint(int(head_weight.numel()), teacher.feature_channels).to(device)
 
 
-BACKBONE_ARCHS: dict[str, tuple[str, str]] = {"hybrid": ("efficientnet_lite0", "_fc."),
-                                              "hybrid_lite2": ("efficientnet_lite2", "_fc.")}
-"""Architectures whose CNN `backbone` is another registered architecture -> (that architecture, the prefix of its
-classifier, which the backbone does not have): `--init-from` may name a checkpoint of it, which then gives the
-backbone alone (the rest starts fresh)."""
+_BACKBONE_CLASSIFIER = "_fc."
+"""The classifier of a backbone architecture's checkpoint (`ArchSpec.backbone_arch`, an EfficientNet-Lite), which the
+model built around it does not have."""
 
 
 def initial_weights(name_or_path: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """The float32 state dict and sha256 of the checkpoint to fine-tune from (an indexed name in the
-    weights folder, sha256-checked, or a file); for an arch of `BACKBONE_ARCHS`, a checkpoint of its backbone's
+    weights folder, sha256-checked, or a file); for an arch with an `ArchSpec.backbone_arch`, a checkpoint of that
     arch gives the ``backbone.`` weights alone (its own classifier dropped). CheckpointError when unreadable or of
     another arch."""
     loaded = load_weights(name_or_path)
     if loaded.card.arch == arch:
         return loaded.model.state_dict(), loaded.sha256
-    backbone_arch, classifier = BACKBONE_ARCHS.get(arch, ("", ""))
-    if loaded.card.arch == backbone_arch:
-        return ({f"backbone.{k}": v for k, v in loaded.model.state_dict().items() if not k.startswith(classifier)},
+    if loaded.card.arch == get_arch(arch).backbone_arch:
+        return ({f"backbone.{k}": v for k, v in loaded.model.state_dict().items()
+                 if not k.startswith(_BACKBONE_CLASSIFIER)},
                 loaded.sha256)
     raise CheckpointError(f"--init-from {name_or_path}: a {loaded.card.arch!r} checkpoint, not {arch!r}")
 
