@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
                    help="weight of the loss that pulls abnormal images' CAM (a transformer's attention rollout) into "
                         "their boxes (0: off)")
+    p.add_argument("--windows", type=int, default=d.windows,
+                   help="train on box-labelled windows of each image enlarged to this many px (0: whole images)")
     p.add_argument("--teacher", default=None,
                    help="distil from this checkpoint (indexed name, sha256-checked, or file): the student also "
                         "learns its probabilities on every augmented batch")
@@ -102,8 +104,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     from mura_core.training.loop import train
 
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    config = TrainConfig(**vars(args))
     try:
+        config = TrainConfig(**vars(args))
         get_arch(config.arch)
         result = train(config)
     except (ValueError, CheckpointError, RuntimeError) as exc:

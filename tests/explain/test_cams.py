@@ -519,3 +519,24 @@ def test_flip_averages_other_maps_with_the_mirror_image(trained_toy):
     np.testing.assert_allclose(logits, pair_logits, atol=1e-5)
     with pytest.raises(E.ExplainError):
         E.explain_with_flip(trained_toy, TOY_SPEC, x, [])
+
+
+def test_the_window_model_explains_with_its_full_size_map():
+    """efficientnet_lite2_windows scores two passes (the view shrunk to 384 px, then at full size): every fast method
+    runs, its logits are the model's, and classic CAM is the full-size pass's map (14x14 at 448 px), not the whole
+    view's."""
+    torch.manual_seed(3)
+    model = create_model("efficientnet_lite2_windows").eval()
+    spec = get_arch("efficientnet_lite2_windows")
+    x = torch.randn(1, 3, 448, 448)
+    with torch.inference_mode():
+        ref = model(x)[:, 0].numpy()
+        cells = torch.einsum("c,nchw->nhw", model._fc.weight[0], model.features(x)).numpy()
+    for method in ("cam", "cam-ms", "cam-zoom", "gradcam", "layercam", "eigencam"):
+        maps, logits = E.explain_batch(model, spec, x, method)
+        assert maps.shape == (1, 448, 448) and 0 <= maps.min() and maps.max() <= 1, method
+        np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-4)
+    maps, _ = E.explain_batch(model, spec, x, "cam")
+    expected = E.normalise_map(E.resize_heatmap(E.normalise_map(np.maximum(cells, 0.0))[0], (448, 448))[None])
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert _hooks(model) == 0

@@ -16,12 +16,13 @@ from mura_core.models.registry import (
     get_arch,
     list_models,
     tokens_to_map,
+    window_starts,
 )
 
 torch.set_num_threads(2)
 
 EXPECTED = {"densenet169", "densenet121", "hybrid", "hybrid_lite2", "efficientnet_lite0", "efficientnet_lite2",
-            "shallow_cnn", "resnet50", "vgg19_bn", "mobilenet_v2"}
+            "efficientnet_lite2_windows", "shallow_cnn", "resnet50", "vgg19_bn", "mobilenet_v2"}
 TINY = 64
 
 
@@ -55,8 +56,8 @@ def test_forward_gives_one_logit_and_spec_is_complete(name: str) -> None:
         assert isinstance(layer, nn.Module) and weight.ndim == 1
 
 
-@pytest.mark.parametrize("name", ["densenet169", "densenet121", "efficientnet_lite0", "efficientnet_lite2", "resnet50",
-                                  "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["densenet169", "densenet121", "efficientnet_lite0", "efficientnet_lite2",
+                                  "efficientnet_lite2_windows", "resnet50", "mobilenet_v2"])
 def test_classic_cam_equals_head_on_pooled_features(name: str) -> None:
     """logit == mean over cells of (w . feature map) + bias, so the CAM layer really is the pooled map."""
     model = create_model(name).eval()
@@ -253,3 +254,47 @@ def test_dropout_is_applied_in_training_only() -> None:
     assert not torch.allclose(a, b)
     model.eval()
     torch.testing.assert_close(model(x), model(x))
+
+
+@pytest.mark.parametrize("cells, starts", [(8, [0]), (12, [0]), (14, [0, 2]), (24, [0, 6, 12]), (25, [0, 4, 9, 13])])
+def test_windows_cover_the_map_at_most_a_stride_apart(cells: int, starts: list[int]) -> None:
+    assert window_starts(cells) == starts
+    assert starts[-1] + min(12, cells) == cells and all(b - a <= 6 for a, b in zip(starts, starts[1:]))
+
+
+def test_the_window_model_is_lite2_up_to_a_window_and_averages_whole_and_windows_beyond() -> None:
+    """Up to 384 px: exactly efficientnet_lite2 with the same weights. At 448 px (a 14x14 map): the mean of the
+    Lite2 logit of the view shrunk to 384 px and the soft maximum (log-sum-exp - log 4) of four windows, each the
+    mean of its cells' logits (its classic CAM plus the bias)."""
+    import torch.nn.functional as F
+
+    windows = create_model("efficientnet_lite2_windows").eval()
+    lite2 = create_model("efficientnet_lite2").eval()
+    lite2.load_state_dict(windows.state_dict())
+    assert get_arch("efficientnet_lite2_windows").same_weights_as == "efficientnet_lite2"
+    with torch.no_grad():
+        small = _tiny_input(2, 96)
+        torch.testing.assert_close(windows(small), lite2(small))
+        x = _tiny_input(1, 448)
+        got = windows(x)[0, 0]
+        window_logits = windows.window_logits(x)[0]
+        cells = torch.einsum("c,chw->hw", windows._fc.weight[0], windows.features(x)[0]) + windows._fc.bias[0]
+        whole = lite2(F.interpolate(x, size=(384, 384), mode="bilinear", align_corners=False, antialias=True))[0, 0]
+    expected_windows = torch.stack([cells[r:r + 12, c:c + 12].mean() for r in (0, 2) for c in (0, 2)])
+    torch.testing.assert_close(window_logits, expected_windows, atol=1e-4, rtol=1e-4)
+    closer = torch.logsumexp(expected_windows, 0) - np.log(4)
+    torch.testing.assert_close(got, (whole + closer) / 2, atol=1e-4, rtol=1e-4)
+    assert closer > expected_windows.mean() - 1e-5   # one abnormal window weighs more than in a plain average
+
+
+def test_the_window_models_heat_map_layer_ends_on_the_windows_and_starts_on_the_whole_view() -> None:
+    """Hooks that keep the last output of the CAM layer (classic CAM, Grad-CAM) get the full-size map; the first
+    output (the scope heads' pooled features) is the whole view's."""
+    model = create_model("efficientnet_lite2_windows").eval()
+    shapes: list[tuple[int, ...]] = []
+    handle = get_arch("efficientnet_lite2_windows").cam_target_layer(model).register_forward_hook(
+        lambda m, i, o: shapes.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        model(_tiny_input(1, 768))
+    handle.remove()
+    assert shapes == [(12, 12), (24, 24)]

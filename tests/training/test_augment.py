@@ -65,3 +65,17 @@ def test_domain_look_changes_resolution_noise_and_histogram_but_keeps_box_masks_
     _, strong_masks = augment_batch(images, [0, 1, 2, 3], seed=2, epoch=0, mode="strong", masks=masks)
     _, domain_masks = augment_batch(images, [0, 1, 2, 3], seed=2, epoch=0, mode="domain", masks=masks)
     torch.testing.assert_close(strong_masks, domain_masks)                           # boxes follow the same warp
+
+
+@pytest.mark.parametrize("mode", ["strong", "domain"])
+def test_without_the_crop_a_draw_keeps_its_flip_and_exposure_but_the_whole_image(mode: str) -> None:
+    for seed in range(50):
+        cropped = draw_params(torch.Generator().manual_seed(seed), mode, 10.0, True)
+        whole = draw_params(torch.Generator().manual_seed(seed), mode, 10.0, True, crop=False)
+        assert (whole.crop_w, whole.crop_h, whole.centre_x, whole.centre_y) == (1.0, 1.0, 0.0, 0.0)
+        assert (whole.flip, whole.angle, whole.gamma, whole.brightness, whole.noise) == (
+            cropped.flip, cropped.angle, cropped.gamma, cropped.brightness, cropped.noise)
+    images = (torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
+    out = augment_batch(images, [0], seed=3, epoch=0, max_rotation=0.0, hflip=False, mode="strong", crop=False)
+    order = images[0].flatten().argsort()               # no warp: the output is a monotone function of each pixel
+    assert (out[0, 0].flatten()[order].diff() >= -1e-6).all()

@@ -264,3 +264,55 @@ def test_a_hybrid_starts_its_backbone_from_a_lite_checkpoint(tmp_path: Path, hyb
         load_initial(create_model(other), state)
     with pytest.raises(Exception, match="not 'densenet121'"):
         initial_weights(str(tmp_path / "l0.pt"), "densenet121")
+
+
+def test_training_on_windows_sees_box_labelled_windows_and_scores_valid_whole(tiny_data: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """--windows: every training input is a window at the window size with the window's own label (some windows of
+    abnormal images are normal), while validation scores the whole images at the image size."""
+    seen: list[tuple[int, float, float]] = []
+    real_draw = loop_module.draw_window
+
+    def recording(image, label, boxes, generator, size):
+        window, window_label = real_draw(image, label, boxes, generator, size)
+        seen.append((int(window.shape[-1]), label, window_label))
+        return window, window_label
+
+    monkeypatch.setattr(loop_module, "draw_window", recording)
+    sizes: list[int] = []
+    real_predict = loop_module.predict_logits
+    monkeypatch.setattr(loop_module, "predict_logits",
+                        lambda model, images, *a, **k: sizes.append(int(images.shape[-1])) or real_predict(
+                            model, images, *a, **k))
+    result = train(_config(tiny_data, tmp_path / "win.pt", arch="efficientnet_lite2_windows", pretrained=False,
+                           image_size=64, windows=32, epochs=1, half="no", augment="strong", max_rotation=0.0))
+    assert len(seen) == 24 and {size for size, _, _ in seen} == {32}
+    assert any(label == 1.0 and got == 0.0 for _, label, got in seen)        # a window beside the finding
+    assert all(got == 0.0 for _, label, got in seen if label == 0.0)
+    assert sizes == [64]
+    card = load_checkpoint(tmp_path / "win.pt", expected_sha256=result.sha256).card
+    assert card.recipe["windows"] == 32 and card.image_size == 64
+
+
+def test_windows_refuse_the_box_loss_and_the_window_model_starts_from_a_lite2(tmp_path: Path) -> None:
+    import torch
+
+    from mura_core.models.checkpoints import ModelCard, save_checkpoint
+    from mura_core.models.registry import create_model, get_arch
+    from mura_core.training.loop import initial_weights, load_initial
+
+    with pytest.raises(ValueError, match="do not combine"):
+        TrainConfig(data=["x"], arch="efficientnet_lite2_windows", out="x.pt", windows=384, box_loss_weight=0.1)
+    assert cli_main(["--data", "x", "--arch", "efficientnet_lite2_windows", "--out", str(tmp_path / "x.pt"),
+                     "--windows", "384", "--box-loss-weight", "0.1"]) == 2
+    torch.manual_seed(0)
+    lite2 = create_model("efficientnet_lite2")
+    spec = get_arch("efficientnet_lite2")
+    sha = save_checkpoint(tmp_path / "l2.pt", lite2, ModelCard(name="l2", arch="efficientnet_lite2", image_size=64,
+                                                                  mean=spec.mean, std=spec.std))
+    state, got_sha = initial_weights(str(tmp_path / "l2.pt"), "efficientnet_lite2_windows")
+    windows = create_model("efficientnet_lite2_windows")
+    load_initial(windows, state)
+    assert got_sha == sha
+    for key, value in lite2.state_dict().items():
+        torch.testing.assert_close(windows.state_dict()[key], value)
