@@ -1,12 +1,13 @@
 """Training on windows: a model that must find a small fracture learns from close-up windows labelled by the boxes.
 
-A share of the draws (`WHOLE_CHANCE`) shows the whole image with its own label, so the same network also scores the
-whole view (`models.registry.EfficientNetLite2Windows` averages both). The other draws cut one square window (a side of `WINDOW_SHARE` of the image) from a cached image and enlarges it to the
+Most draws cut one square window (a side of `WINDOW_SHARE` of the image) from a cached image and enlarge it to the
 training size. The expert boxes label it: a window of an abnormal image is abnormal only when it holds a finding
 (`window_label`), so the windows away from the fracture teach what normal bone looks like up close. Most windows of
-a boxed image (`ON_BOX_CHANCE`) are placed over one of its boxes, since a random window would rarely hold one; an
-abnormal image without boxes cannot say which window holds the finding and is shown whole. Draws are seeded by
-(seed, epoch, image index) like the rest of the augmentation.
+a boxed image (`ON_BOX_CHANCE`) are placed over one of its boxes, since a random window would rarely hold one. The
+other draws (`WHOLE_CHANCE`) show the whole image with its own label, so the same network also scores the whole view
+(`models.registry.EfficientNetLite2Windows` averages both); an abnormal image without boxes cannot say which window
+holds the finding and is always shown whole. Draws are seeded by (seed, epoch, image index) like the rest of the
+augmentation.
 """
 from __future__ import annotations
 
