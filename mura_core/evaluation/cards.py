@@ -11,7 +11,7 @@ from mura_core.explain.cams import SELF_FLIPPING_METHODS
 from mura_core.explain.predictor import Predictor
 from mura_core.models.checkpoints import render_card_markdown
 from mura_core.models.weights import (default_cam_for, default_tta_for, description_for, ensemble_maps_from,
-                                     list_ensembles, load_weights, weights_folder)
+                                     ensemble_unflipped, list_ensembles, load_weights, weights_folder)
 
 __all__ = ["card_text", "write_card"]
 
@@ -50,10 +50,19 @@ def _metrics_section(name: str, folder: Path, shown_map: str) -> str:
     if default_tta_for(name, folder):
         text += ("\n**Test-time flip**: on by default (index.json `default_tta`): each view is also scored mirrored "
                  "and the two probabilities averaged, in the viewer, the worklist and the report above (its `tta`). "
+                 + _unflipped_rule(name, folder)
                  + (f"With `{method}` the flip needs no extra forward of the map model (that map already forwards "
                     "the mirror image); scores alone take two forwards.\n" if method in SELF_FLIPPING_METHODS
                     else "Scores and maps take two forwards.\n"))
     return text
+
+
+def _unflipped_rule(name: str, folder: Path) -> str:
+    """The sentence naming an ensemble's members scored without the flip (index ``"ensemble_unflipped"``)."""
+    skipped = ensemble_unflipped(name, folder)
+    return (f"Except {' and '.join(skipped)}, which scores the plain view only (index.json `ensemble_unflipped`): "
+            "on these valid splits its flip doubled its cost and did not raise the ensemble's AUC. "
+            if skipped else "")
 
 
 def _ensemble_card(name: str, members: list[str], folder: Path) -> str:

@@ -13,6 +13,8 @@ an error (the `DecodeError` reason) and the rest of the study is still scored.
 Test-time augmentation (``tta=True``): each view is also scored horizontally flipped; probabilities are
 averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`:
 ``cam-zoom`` and ``cam-ms`` already forward the mirror images, so there the flip costs no extra forward).
+An ensemble's members named in the index's ``"ensemble_unflipped"`` (`unflipped=`) skip the flip: the shipped
+default's 768 px window member, where it doubled the cost and added nothing measurable (README, Results).
 ``tta=None`` (every method's default) means the model's own choice, `Predictor.tta`: on for an index entry
 listed in ``"default_tta"`` (the shipped default ensemble), so the viewer, the worklist and `evaluate` score it
 the same way.
@@ -62,8 +64,8 @@ import torch
 from mura_core.models.card import mean_thresholds
 from mura_core.models.checkpoints import LoadedModel
 from mura_core.models.weights import (
-    default_cam_for, default_name, default_tta_for, ensemble_maps_from, ensemble_thresholds, list_ensembles,
-    load_weights, weights_folder,
+    default_cam_for, default_name, default_tta_for, ensemble_maps_from, ensemble_thresholds, ensemble_unflipped,
+    list_ensembles, load_weights, weights_folder,
 )
 from mura_core.imaging.decode import DecodeError, ImageMeta, decode_view
 from mura_core.models.devices import forward_chunks, pick_device
@@ -175,16 +177,13 @@ def _member(loaded: LoadedModel, device: torch.device) -> _Member:
 
 
 
-def _map_indexes(names: Sequence[str], maps_from: Sequence[str] | None) -> list[int]:
-    """Positions in `names` of the members named in `maps_from` (all positions when None); an unknown name
-    is an error, not a silently empty map."""
-    if not maps_from:
-        return list(range(len(names)))
-    unknown = [m for m in maps_from if m not in names]
+def _member_indexes(names: Sequence[str], chosen: Sequence[str], argument: str) -> list[int]:
+    """Positions in `names` of the members named in `chosen` (the `argument` of `Predictor`); an unknown name is
+    an error, not a silently ignored choice."""
+    unknown = [m for m in chosen if m not in names]
     if unknown:
-        raise ValueError(f"maps_from names {', '.join(unknown)}, not a member ({', '.join(names)})")
-    chosen = set(maps_from)
-    return [k for k, n in enumerate(names) if n in chosen]
+        raise ValueError(f"{argument} names {', '.join(unknown)}, not a member ({', '.join(names)})")
+    return [k for k, n in enumerate(names) if n in set(chosen)]
 
 
 class Predictor:
@@ -203,12 +202,15 @@ class Predictor:
             "default_cam" for indexed weights); otherwise each member's `explain.default_method`.
         tta: the model's own test-time flip, applied wherever a call leaves ``tta=None`` (the index's
             "default_tta" for indexed weights).
+        unflipped: names of members scored without the flip even when a call asks for it (the index's
+            "ensemble_unflipped"): their probability and map are the plain view's.
     """
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str | torch.device = "auto",
                  name: str | None = None, thresholds: Mapping[str, float] | None = None,
                  maps_from: Sequence[str] | None = None, default_cam: str | None = None,
-                 thresholds_source: str | None = None, tta: bool = False) -> None:
+                 thresholds_source: str | None = None, tta: bool = False,
+                 unflipped: Sequence[str] = ()) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
             raise ValueError("Predictor needs at least one model")
@@ -217,8 +219,11 @@ class Predictor:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
         self.members = [_member(m, self.device) for m in loaded]
-        self.map_indexes = _map_indexes([m.name for m in self.members], maps_from)
+        names = [m.name for m in self.members]
+        self.map_indexes = _member_indexes(names, maps_from, "maps_from") if maps_from else list(range(len(names)))
         """Positions of the members whose heat maps are shown (all by default)."""
+        self.unflipped_indexes = frozenset(_member_indexes(names, unflipped, "unflipped"))
+        """Positions of the members that never take the test-time flip."""
         self.loaded = loaded
         self.name = name or "+".join(m.name for m in self.members)
         base = dict(thresholds) if thresholds is not None else mean_thresholds([m.thresholds for m in self.members])
@@ -269,7 +274,8 @@ class Predictor:
                    maps_from=ensemble_maps_from(str(name), folder) if ensemble else None,
                    default_cam=default_cam_for(str(name), folder), thresholds=own,
                    thresholds_source=ENSEMBLE_THRESHOLDS_SOURCE if own else None,
-                   tta=default_tta_for(str(name), folder))
+                   tta=default_tta_for(str(name), folder),
+                   unflipped=ensemble_unflipped(str(name), folder) if ensemble else ())
 
     @property
     def card(self) -> Any:
@@ -435,17 +441,18 @@ class Predictor:
         for k, member in enumerate(self.members):
             x = batches[member.config].to(self.device, dtype=torch.float32)
             n = x.shape[0]
+            flip = tta and k not in self.unflipped_indexes
             member_maps: dict[str, np.ndarray] = {}
             if not methods or k not in self.map_indexes:
-                logits, pooled = self._scores_forward(k, torch.cat([x, torch.flip(x, dims=[-1])]) if tta else x)
+                logits, pooled = self._scores_forward(k, torch.cat([x, torch.flip(x, dims=[-1])]) if flip else x)
                 int8_features = pooled[:n] if k == 0 and pooled is not None else int8_features
             else:
                 resolved = {m: self._method_for(member, m) for m in methods}
-                explain = explain_with_flip if tta else explain_many
+                explain = explain_with_flip if flip else explain_many
                 by_name, logits = explain(member.model, member.spec, x, list(resolved.values()), target)
                 member_maps = {m: by_name[resolved[m]] for m in methods}
             p = member.probabilities(logits)
-            probs.append((p[:n] + p[n:]) / 2.0 if tta else p)
+            probs.append((p[:n] + p[n:]) / 2.0 if flip else p)
             for m in member_maps:
                 maps[m].append(member_maps[m])
         return np.mean(probs, axis=0), maps, int8_features

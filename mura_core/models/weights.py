@@ -30,6 +30,7 @@ __all__ = [
     "description_for",
     "ensemble_maps_from",
     "ensemble_thresholds",
+    "ensemble_unflipped",
     "list_ensembles",
     "list_weights",
     "load_weights",
@@ -139,6 +140,13 @@ def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list
     on the valid splits (an ensemble's averaged map is only as sharp as its coarsest member)."""
     chosen = _model_entry("ensemble_maps_from", name, weights_dir)
     return [str(m) for m in chosen] if chosen else None
+
+
+def ensemble_unflipped(name: str | None, weights_dir: str | Path | None = None) -> list[str]:
+    """The members an ensemble scores without its test-time flip (index key ``"ensemble_unflipped"``), none by
+    default: a member whose mirrored forward costs much and, measured on the valid splits, adds nothing."""
+    chosen = _model_entry("ensemble_unflipped", name, weights_dir)
+    return [str(m) for m in chosen] if chosen else []
 
 
 def ensemble_thresholds(name: str | None, weights_dir: str | Path | None = None) -> dict[str, float] | None:

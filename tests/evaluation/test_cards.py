@@ -68,6 +68,14 @@ def test_a_model_that_flips_by_default_says_so_and_its_report_was_scored_that_wa
     assert json.loads((plain / "pair.report" / "report.json").read_text())["tta"] is False
 
 
+def test_an_ensemble_card_names_the_members_that_skip_the_flip(tmp_path: Path) -> None:
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data, default_tta={"pair": True}, unflipped=["b"])
+    assert "Except b, which scores the plain view only" in card_text("pair", folder)
+    every = ensemble_default_folder(tmp_path / "every", data, default_tta={"pair": True})
+    assert "plain view only" not in card_text("pair", every)
+
+
 @pytest.mark.parametrize("method,cost", [("cam-zoom", "With `cam-zoom` the flip needs no extra forward"),
                                          ("hirescam", "Scores and maps take two forwards")])
 def test_the_flip_sentence_names_what_the_default_map_costs(tmp_path: Path, method: str, cost: str) -> None:

@@ -141,6 +141,29 @@ def test_tta_averages_original_and_flipped(predictor, images):
     assert all(v.heatmap.shape == v.image.shape for v in with_maps.views)
 
 
+def test_an_unflipped_member_scores_the_plain_view_while_the_others_flip(ckpt_dir, images):
+    """`unflipped`: with the flip on, that member's probability and map are its plain view's; the other member's
+    are its flipped average; flip off, the ensemble equals the plain one."""
+    a, b = load_checkpoint(ckpt_dir / "mob.pt"), load_checkpoint(ckpt_dir / "shallow.pt")
+    mixed = Predictor([a, b], device="cpu", unflipped=["shallow"], tta=True)
+    assert mixed.unflipped_indexes == {1}
+    flipped_a = Predictor(a, device="cpu").predict_study(_views(images), tta=True)
+    plain_b = Predictor(b, device="cpu").predict_study(_views(images))
+    result = mixed.predict_study(_views(images))
+    for v, va, vb in zip(result.views, flipped_a.views, plain_b.views):
+        assert v.probability == pytest.approx((va.probability + vb.probability) / 2, abs=1e-5)
+    plain = Predictor([a, b], device="cpu").predict_study(_views(images))
+    np.testing.assert_allclose([v.probability for v in mixed.predict_study(_views(images), tta=False).views],
+                               [v.probability for v in plain.views], atol=1e-6)
+    maps_only_b = Predictor([a, b], device="cpu", unflipped=["shallow"], maps_from=["shallow"], tta=True)
+    with_map = maps_only_b.predict_study(_views(images), cam="gradcam")
+    plain_map = Predictor(b, device="cpu").predict_study(_views(images), cam="gradcam")
+    for v, vb in zip(with_map.views, plain_map.views):
+        np.testing.assert_allclose(v.heatmap, vb.heatmap, atol=1e-5)
+    with pytest.raises(ValueError, match="unflipped names nope"):
+        Predictor([a, b], device="cpu", unflipped=["nope"])
+
+
 def test_the_models_own_flip_applies_unless_a_call_says_otherwise(ckpt_dir, images):
     """`Predictor(tta=True)`: calls that leave tta None score with the flip, and cam-ms's map and scores equal
     those of the flip done by hand (its mirror pass is the flip's forward)."""
@@ -222,6 +245,10 @@ def test_an_ensemble_named_as_the_default_loads_whole(tmp_path, images):
     assert default.thresholds == {"default": pytest.approx(0.4), "WRIST": pytest.approx(0.5)}
     assert default.predict_study(_views(images)).probability is not None
     assert [m.name for m in default.map_members] == ["a", "b"]  # no "ensemble_maps_from": every member's maps
+    assert default.unflipped_indexes == frozenset()  # no "ensemble_unflipped": every member flips
+    skipping = Predictor.from_weights(None, device="cpu",
+                                      weights_dir=ensemble_default_folder(tmp_path / "skip", unflipped=["b"]))
+    assert skipping.unflipped_indexes == {1}
 
 
 def test_a_model_can_name_its_own_default_map(ckpt_dir, images):

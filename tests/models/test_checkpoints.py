@@ -204,8 +204,9 @@ def test_shipped_index_files_match_their_hashes() -> None:
         assert sha256_file(path) == sha, name
     for members in index.get("ensembles", {}).values():
         assert set(members) <= set(index["models"])
-    for name, chosen in index.get("ensemble_maps_from", {}).items():
-        assert set(chosen) <= set(index["ensembles"][name]), name
+    for key in ("ensemble_maps_from", "ensemble_unflipped"):
+        for name, chosen in index.get(key, {}).items():
+            assert set(chosen) <= set(index["ensembles"][name]), (key, name)
 
 
 def test_shipped_default_maps_beat_classic_cam_in_their_reports() -> None:
