@@ -22,7 +22,7 @@ import numpy as np
 
 from mura_core.data.studies import BodyPart
 from mura_core.evaluation import metrics
-from mura_core.evaluation.reports import StudyPrediction
+from mura_core.evaluation.reports import StudyPrediction, report_unflipped
 
 __all__ = [
     "MURA_PAPER_KAPPA",
@@ -202,7 +202,8 @@ def describe_report(report: Mapping[str, Any]) -> str:
         if value not in (None, "", [], {}):
             bits.append(f"{key.replace('_', ' ')}: {value}")
     if report.get("tta"):
-        bits.append("scored with test-time flip")
+        unflipped = report_unflipped(report)
+        bits.append("scored with test-time flip" + (f" ({', '.join(unflipped)} unflipped)" if unflipped else ""))
     return "; ".join(bits) or "evaluation report"
 
 

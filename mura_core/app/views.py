@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mura_core.data.studies import BodyPart, Box, Study
+from mura_core.evaluation.reports import report_unflipped
 
 __all__ = [
     "DISCLAIMER",
@@ -327,9 +328,11 @@ def _training_sources(card: Any) -> list[str]:
 def report_source(folder: str, report: Mapping[str, Any] | None) -> str:
     """How Home names the figures it quotes: the evaluate report's folder, and whether that report scored with the
     model's test-time flip (the viewer and the worklist then score the same way)."""
-    flipped = bool(report and report.get("tta"))
-    return f"evaluate report {folder}" + ("; each view also scored mirrored (test-time flip), as the viewer does"
-                                          if flipped else "")
+    if not (report and report.get("tta")):
+        return f"evaluate report {folder}"
+    unflipped = report_unflipped(report)
+    return (f"evaluate report {folder}; each view also scored mirrored (test-time flip"
+            + (f"; {', '.join(unflipped)} on the view as it is" if unflipped else "") + "), as the viewer does")
 
 
 def card_summary(card: Any, figures: Mapping[str, float] | None = None, source: str = "model card",

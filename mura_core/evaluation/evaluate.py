@@ -374,11 +374,14 @@ def score_rows(predictor: Any, rows: list[ImageRow], methods: list[str], *, batc
 
 
 def _model_facts(predictor: Any) -> dict[str, Any]:
-    """The report's "model" entry: name, sha256, members and (single model) its card."""
+    """The report's "model" entry: name, sha256, members, those giving the maps and those never flipped, and
+    (single model) its card."""
     return {"name": predictor.name, "sha256": predictor.sha256,
             "members": [{"name": m.name, "arch": m.spec.name, "image_size": m.config.image_size,
                          "sha256": m.sha256} for m in predictor.members],
             "maps_from": [m.name for m in getattr(predictor, "map_members", predictor.members)],
+            "unflipped": [m.name for k, m in enumerate(predictor.members)
+                          if k in getattr(predictor, "unflipped_indexes", ())],
             "card": predictor.card.to_dict() if not predictor.is_ensemble else None}
 
 

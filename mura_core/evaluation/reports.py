@@ -45,6 +45,7 @@ __all__ = [
     "report_card",
     "report_ensemble",
     "report_maps_from",
+    "report_unflipped",
     "shipped_report",
     "thresholds_of",
     "write_predictions",
@@ -315,6 +316,13 @@ def report_ensemble(report: Mapping[str, Any], member_sha256s: Sequence[str]) ->
     if [m.get("sha256") for m in members] != list(member_sha256s):
         return None
     return [dict(m) for m in members]
+
+
+def report_unflipped(report: Mapping[str, Any]) -> list[str]:
+    """The ensemble members the report scored without its test-time flip (none when it records none)."""
+    model = report.get("model")
+    chosen = model.get("unflipped") if isinstance(model, Mapping) else None
+    return [str(m) for m in chosen] if isinstance(chosen, list) else []
 
 
 def report_maps_from(report: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ Test-time augmentation (``tta=True``): each view is also scored horizontally fli
 averaged, and heat maps are averaged after flipping the flipped map back (`explain.explain_with_flip`:
 ``cam-zoom`` and ``cam-ms`` already forward the mirror images, so there the flip costs no extra forward).
 An ensemble's members named in the index's ``"ensemble_unflipped"`` (`unflipped=`) skip the flip: the shipped
-default's 768 px window member, where it doubled the cost and added nothing measurable (README, Results).
+default's 768 px window member, whose flip doubled its cost and moved the valid AUCs by less than their noise
+(README, Results).
 ``tta=None`` (every method's default) means the model's own choice, `Predictor.tta`: on for an index entry
 listed in ``"default_tta"`` (the shipped default ensemble), so the viewer, the worklist and `evaluate` score it
 the same way.

@@ -284,3 +284,5 @@ def test_report_source_says_when_the_figures_were_scored_with_the_flip():
     assert report_source("weights/m.report", {"tta": False}) == "evaluate report weights/m.report"
     assert report_source("weights/m.report", None) == "evaluate report weights/m.report"
     assert "test-time flip" in report_source("weights/m.report", {"tta": True})
+    skipped = report_source("weights/m.report", {"tta": True, "model": {"unflipped": ["w"]}})
+    assert "test-time flip; w on the view as it is" in skipped

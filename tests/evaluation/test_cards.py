@@ -68,12 +68,16 @@ def test_a_model_that_flips_by_default_says_so_and_its_report_was_scored_that_wa
     assert json.loads((plain / "pair.report" / "report.json").read_text())["tta"] is False
 
 
-def test_an_ensemble_card_names_the_members_that_skip_the_flip(tmp_path: Path) -> None:
+def test_an_ensemble_card_and_report_name_the_members_that_skip_the_flip(tmp_path: Path) -> None:
+    import json
+
     data = tiny_manifest(tmp_path / "data", corrupt=0)
     folder = ensemble_default_folder(tmp_path / "weights", data, default_tta={"pair": True}, unflipped=["b"])
     assert "Except b, which scores the plain view only" in card_text("pair", folder)
+    assert json.loads((folder / "pair.report" / "report.json").read_text())["model"]["unflipped"] == ["b"]
     every = ensemble_default_folder(tmp_path / "every", data, default_tta={"pair": True})
     assert "plain view only" not in card_text("pair", every)
+    assert json.loads((every / "pair.report" / "report.json").read_text())["model"]["unflipped"] == []
 
 
 @pytest.mark.parametrize("method,cost", [("cam-zoom", "With `cam-zoom` the flip needs no extra forward"),

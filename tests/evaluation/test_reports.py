@@ -55,6 +55,8 @@ def test_find_and_load_reports(tmp_path: Path):
     assert preds[0].probability == pytest.approx(0.7)
     assert "split: valid" in describe_report(report) and "flip" not in describe_report(report)
     assert describe_report({**report, "tta": True}).endswith("scored with test-time flip")
+    skipped = {**report, "tta": True, "model": {"name": "pair", "unflipped": ["b"]}}
+    assert describe_report(skipped).endswith("scored with test-time flip (b unflipped)")
     assert find_reports([tmp_path / "missing"]) == []
     (rep / "study_predictions.csv").write_text("study,body_part,label,probability,level\ns1,WRIST,1,0.9,study\n")
     ref = find_reports([tmp_path])[1]
