@@ -184,7 +184,8 @@ def _member_indexes(names: Sequence[str], chosen: Sequence[str], argument: str) 
     unknown = [m for m in chosen if m not in names]
     if unknown:
         raise ValueError(f"{argument} names {', '.join(unknown)}, not a member ({', '.join(names)})")
-    return [k for k, n in enumerate(names) if n in set(chosen)]
+    wanted = set(chosen)
+    return [k for k, n in enumerate(names) if n in wanted]
 
 
 class Predictor:

@@ -144,7 +144,8 @@ def ensemble_maps_from(name: str, weights_dir: str | Path | None = None) -> list
 
 def ensemble_unflipped(name: str | None, weights_dir: str | Path | None = None) -> list[str]:
     """The members an ensemble scores without its test-time flip (index key ``"ensemble_unflipped"``), none by
-    default: a member whose mirrored forward costs much and, measured on the valid splits, adds nothing."""
+    default: a member whose mirrored forward costs much and, on the valid splits, moves the AUCs by less than their
+    noise."""
     chosen = _model_entry("ensemble_unflipped", name, weights_dir)
     return [str(m) for m in chosen] if chosen else []
 
