@@ -5,10 +5,10 @@ import streamlit as st
 
 from mura_core.app import navigation, services, session
 from mura_core.app.validation import (calibration_figure, confusion_by_body_part, confusion_figure,
-                                      describe_report, filter_predictions, kappa_caption, kappa_comparison,
-                                      kappas_by_body_part, loso_rows, metrics_table, pointing_game_note,
-                                      pointing_game_table, roc_figure, single_class_note, single_class_parts,
-                                      source_options)
+                                      cross_fitted_rows, describe_report, filter_predictions, kappa_caption,
+                                      kappa_comparison, kappas_by_body_part, loso_rows, metrics_table,
+                                      pointing_game_note, pointing_game_table, roc_figure, single_class_note,
+                                      single_class_parts, source_options)
 from mura_core.data.roots import default_data_root
 from mura_core.evaluation.reports import find_reports
 
@@ -110,6 +110,15 @@ table = metrics_table(predictions, chosen)
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={name: st.column_config.TextColumn(name, width="medium")
                             for name in ("auc", "kappa", "sensitivity", "specificity", "accuracy")})
+
+if source == "shipped":
+    out_of_fold = services.cross_fitted_cached(str(ref.report))
+    if out_of_fold is not None:
+        st.markdown("#### Kappa at thresholds fitted out of fold")
+        st.dataframe(cross_fitted_rows(out_of_fold), hide_index=True, width="stretch")
+        st.caption(out_of_fold.describe() + " At the model's own thresholds, the table above decides at thresholds "
+                   "fitted on all of these studies; this one is the fairer guess of what the rule gives on new "
+                   "studies like these.")
 
 left, right = st.columns(2)
 with left:

@@ -569,6 +569,15 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
     return load_report(ref)
 
 
+@st.cache_data(show_spinner="Fitting thresholds out of fold…", max_entries=8, ttl=600)
+def cross_fitted_cached(report_path: str) -> Any:
+    """`evaluation.cross_fitted.cross_fitted_figures` of a report's study predictions (cached: 20 draws of 5 folds
+    take about half a second, and the page reruns on every widget change)."""
+    from mura_core.evaluation.cross_fitted import cross_fitted_figures
+
+    return cross_fitted_figures(load_report_cached(report_path)[1])
+
+
 def model_loso(name: str | None) -> dict[str, Any] | None:
     """`training.loso.model_loso` of the weights folder (an ensemble quotes its members'); None when there is
     none or it (or the index) cannot be read."""

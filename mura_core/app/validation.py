@@ -22,6 +22,7 @@ import numpy as np
 
 from mura_core.data.studies import BodyPart
 from mura_core.evaluation import metrics
+from mura_core.evaluation.cross_fitted import CROSS_FITTED_METRICS, CrossFitted, format_figure
 from mura_core.evaluation.reports import StudyPrediction, report_unflipped
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "source_options",
     "filter_predictions",
     "loso_rows",
+    "cross_fitted_rows",
     "kappa_caption",
 ]
 
@@ -101,6 +103,13 @@ def loso_rows(loso: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                      "AUC on the held-out source": _with_interval(run.get("auc"), run.get("auc_ci")),
                      "kappa": _with_interval(run.get("kappa"), None)})
     return rows
+
+def cross_fitted_rows(figures: CrossFitted | None) -> list[dict[str, Any]]:
+    """`cross_fitted_figures` as table rows, "overall" and one per source ([] without figures)."""
+    return [{"studies": name, "n": row["n"], "abnormal": row["n_abnormal"],
+             **{metric: format_figure(row, metric) for metric in CROSS_FITTED_METRICS}}
+            for name, row in (figures.groups if figures else {}).items()]
+
 
 def _scored(predictions: Sequence[StudyPrediction]) -> list[StudyPrediction]:
     return [p for p in predictions if p.probability is not None and p.label in (0, 1)]

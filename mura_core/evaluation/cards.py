@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mura_core.evaluation.cross_fitted import cross_fitted_figures, cross_fitted_markdown
 from mura_core.evaluation.reports import load_report, map_caution, metrics_markdown, shipped_report
 from mura_core.explain.cams import SELF_FLIPPING_METHODS
 from mura_core.explain.predictor import Predictor
@@ -38,8 +39,9 @@ def _metrics_section(name: str, folder: Path, shown_map: str) -> str:
     if ref is None:
         return (f"## Metrics\n\nNo evaluate report ships with these weights; run `python -m mura_core evaluate "
                 f"... --out {folder.name}/{name}.report` to measure them.\n")
-    report, _ = load_report(ref)
+    report, predictions = load_report(ref)
     text = metrics_markdown(report, f"{ref.folder.name}/{ref.report.name}", model_loso(name, folder))
+    text += cross_fitted_markdown(cross_fitted_figures(predictions))
     method = default_cam_for(name, folder)
     if method:
         text += (f"\n**Default heat map**: `{method}` (index.json `default_cam`), chosen on these valid splits by the "

@@ -47,7 +47,11 @@ def test_validation_page_renders_matrices_and_moves_with_slider(app: AppTest):
     metrics = tables[0].value
     assert set(metrics["body part"]) >= {"WRIST", "ELBOW", "overall"}
     assert "(" in metrics.loc[metrics["body part"] == "overall", "auc"].item()   # 95% interval shown
-    kappas = tables[1].value
+    out_of_fold = tables[1].value                              # kappa at thresholds the studies never chose
+    assert list(out_of_fold.columns) == ["studies", "n", "abnormal", "kappa", "sensitivity", "specificity"]
+    assert out_of_fold["studies"].tolist() == ["overall"] and "[" in out_of_fold["kappa"].item()
+    assert any("fitted on 4/5" in c.value and "not a confidence interval" in c.value for c in at.caption)
+    kappas = tables[2].value
     assert kappas.loc[kappas["body part"] == "wrist", "radiologist (best, paper)"].item() == "0.931"
     assert all(isinstance(v, str) and v for v in kappas["this model"])  # every blank cell says why
     assert any("splits" in c.value and "differ" in c.value for c in at.caption)

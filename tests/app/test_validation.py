@@ -145,3 +145,16 @@ def test_pointing_game_note_names_a_report_that_measured_one_method():
                                              for m in ("cam", "gradcam")}}}
     assert "one method only" not in pointing_game_note(several) and NOT_MEASURED not in pointing_game_note(several)
     assert pointing_game_note({}) == ""
+
+
+def test_cross_fitted_rows_show_each_source_with_its_spread():
+    from mura_core.app.validation import cross_fitted_rows
+    from mura_core.evaluation.cross_fitted import CrossFitted
+
+    row = {"n": 257, "n_abnormal": 65, "kappa": 0.631, "kappa_range": [0.589, 0.654], "sensitivity": 0.818,
+           "sensitivity_range": [0.738, 0.846], "specificity": None, "specificity_range": None}
+    rows = cross_fitted_rows(CrossFitted(5, 20, 5, {"overall": row, "FracAtlas": row}))
+    assert [r["studies"] for r in rows] == ["overall", "FracAtlas"]
+    assert rows[1] == {"studies": "FracAtlas", "n": 257, "abnormal": 65, "kappa": "0.631 [0.59–0.65]",
+                       "sensitivity": "0.818 [0.74–0.85]", "specificity": "—"}
+    assert cross_fitted_rows(None) == []

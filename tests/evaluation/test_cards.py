@@ -104,3 +104,20 @@ def test_a_card_whose_default_map_is_no_better_than_the_centre_says_so(tmp_path:
     report["pointing_game"]["methods"]["hirescam"].update(hit_rate=0.7, ci95=[0.55, 0.82])
     report_file.write_text(json.dumps(report))
     assert "Heat-map caution" not in card_text("pair", folder)
+
+
+def test_a_card_quotes_kappa_at_thresholds_fitted_out_of_fold(tmp_path: Path) -> None:
+    from mura_core.evaluation.cross_fitted import cross_fitted_figures, cross_fitted_markdown
+    from mura_core.evaluation.reports import read_predictions
+
+    data = tiny_manifest(tmp_path / "data", corrupt=0)
+    folder = ensemble_default_folder(tmp_path / "weights", data)
+    assert "fitted out of fold" not in card_text("pair", folder)     # too few studies of a class for 5 folds
+    study_csv = folder / "pair.report" / "study_predictions.csv"
+    rows = ["study,body_part,label,probability,source"] + [
+        f"s{i},WRIST,{i % 2},{0.3 + 0.4 * (i % 2) + 0.01 * (i % 13):.4f},X" for i in range(40)]
+    study_csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    text = card_text("pair", folder)
+    section = cross_fitted_markdown(cross_fitted_figures(read_predictions(study_csv)))
+    assert "### Kappa at thresholds fitted out of fold" in section and section in text
+    assert "| overall | 40 |" in section
