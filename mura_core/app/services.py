@@ -16,7 +16,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -28,6 +28,9 @@ from mura_core.evaluation.reports import (ReportRef, StudyPrediction, find_repor
                                           shipped_report, thresholds_of)
 from mura_core.imaging.decode import DecodeError, read_view_bytes
 from mura_core.models.weights import default_tta_for, weights_folder
+
+if TYPE_CHECKING:  # the module imports scikit-learn: loaded on the Validation page only
+    from mura_core.evaluation.cross_fitted import CrossFitted
 
 __all__ = [
     "MODEL_KEY",
@@ -570,7 +573,7 @@ def load_report_cached(report_path: str) -> tuple[dict[str, Any], list[StudyPred
 
 
 @st.cache_data(show_spinner="Fitting thresholds out of fold…", max_entries=8, ttl=600)
-def cross_fitted_cached(report_path: str) -> Any:
+def cross_fitted_cached(report_path: str) -> CrossFitted | None:
     """`evaluation.cross_fitted.cross_fitted_figures` of a report's study predictions (cached: 20 draws of 5 folds
     take about half a second, and the page reruns on every widget change)."""
     from mura_core.evaluation.cross_fitted import cross_fitted_figures

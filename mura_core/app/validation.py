@@ -104,6 +104,7 @@ def loso_rows(loso: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                      "kappa": _with_interval(run.get("kappa"), None)})
     return rows
 
+
 def cross_fitted_rows(figures: CrossFitted | None) -> list[dict[str, Any]]:
     """`cross_fitted_figures` as table rows, "overall" and one per source ([] without figures)."""
     return [{"studies": name, "n": row["n"], "abnormal": row["n_abnormal"],
