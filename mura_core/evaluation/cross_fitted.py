@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mura_core.data.studies import threshold_for
+from mura_core.data.studies import part_key, threshold_for
 from mura_core.evaluation.metrics import binary_metrics, fit_thresholds
 from mura_core.evaluation.reports import StudyPrediction
 
@@ -44,7 +44,7 @@ def stratified_folds(strata: Sequence[Any], n_folds: int, rng: np.random.Generat
 def out_of_fold_decisions(labels: np.ndarray, probs: np.ndarray, parts: Sequence[Any], folds: np.ndarray,
                           min_per_class: int) -> np.ndarray:
     """Each row's decision (0/1) at thresholds fitted by Youden's J on the rows of the other folds."""
-    parts = np.asarray([str(p) for p in parts], dtype=object)
+    parts = np.asarray([part_key(p) for p in parts], dtype=object)
     decisions = np.zeros(labels.size, dtype=int)
     for fold in np.unique(folds):
         fit_rows, held_out = folds != fold, np.flatnonzero(folds == fold)
