@@ -456,6 +456,7 @@ def train(config: TrainConfig) -> TrainResult:
     run = _setup(config, dist, device)
     decode_s = time.time() - started
     state = _restore(run, last_path) if config.resume else TrainState()
+    restored_s = sum(float(row.get("epoch_s") or 0.0) for row in state.history)  # a resume's earlier epochs
     wrapped, wrapped_frozen = run.model, None
     epoch = state.epoch
     try:
@@ -485,6 +486,6 @@ def train(config: TrainConfig) -> TrainResult:
     result = TrainResult(out=out, sha256=None, card=None, history=state.history, best_epoch=state.best_epoch,
                          last=last_path)
     if dist.main:
-        result = finish(run, model, state, time.time() - started, decode_s, last_path)
+        result = finish(run, model, state, time.time() - started + restored_s, decode_s, last_path)
     dist_utils.barrier(dist)
     return result

@@ -180,7 +180,7 @@ def test_settings_survive_a_visit_to_another_page(app: AppTest):
 
 @pytest.mark.parametrize("report,methods", [
     ("lite0_multisource_box", {"cam-ms", "cam-zoom", "layercam-fused", "cam", "gradcam", "layercam"}),
-    ("lite2_windows_768_cycle4", {"cam"}),
+    ("lite2_windows_768_cycle5", {"cam"}),
     ("lite0_windows_hybrid", {"rollout", "gradcam"}),
     ("hybrid_lite2_box", {"rollout", "gradcam", "eigencam"})])
 def test_validation_pointing_game_table_from_a_shipped_report(report: str, methods: set, tmp_path: Path,

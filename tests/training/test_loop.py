@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import mura_core.training.loop as loop_module
 from mura_core.models.checkpoints import load_checkpoint
@@ -130,6 +131,16 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tiny_data: Path, tmp_path:
     assert load_checkpoint(tmp_path / "tuned.pt").card.recipe["init_from_sha256"] == first.sha256
     with pytest.raises(Exception, match="not 'densenet121'"):
         train(_config(tiny_data, tmp_path / "x.pt", arch="densenet121", init_from=str(tmp_path / "first.pt")))
+
+
+def test_a_resumed_card_counts_the_time_of_the_epochs_before_the_resume(tiny_data: Path, tmp_path: Path) -> None:
+    """A run finished by --resume reports its whole training time, not only the resumed process's."""
+    first = train(_config(tiny_data, tmp_path / "long.pt", epochs=1))
+    payload = torch.load(first.last, map_location="cpu", weights_only=True)
+    payload["resume"]["history"][0]["epoch_s"] = 1000.0  # as if the first epoch had taken 1000 s
+    torch.save(payload, first.last)
+    train(_config(tiny_data, tmp_path / "long.pt", epochs=2, resume=True))
+    assert load_checkpoint(tmp_path / "long.pt").card.recipe["seconds_total"] >= 1000.0
 
 
 def test_resume_without_last_checkpoint_is_an_error(tiny_data: Path, tmp_path: Path) -> None:
