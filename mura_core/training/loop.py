@@ -456,7 +456,7 @@ def train(config: TrainConfig) -> TrainResult:
     run = _setup(config, dist, device)
     decode_s = time.time() - started
     state = _restore(run, last_path) if config.resume else TrainState()
-    restored_s = sum(float(row.get("epoch_s") or 0.0) for row in state.history)  # a resume's earlier epochs
+    restored_s = sum(row["epoch_s"] for row in state.history)  # time of the epochs a resume starts after
     wrapped, wrapped_frozen = run.model, None
     epoch = state.epoch
     try:
